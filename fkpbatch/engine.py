@@ -1,0 +1,189 @@
+"""The inference engine: DataLoader workers decode, detect and crop; the main process batches the
+crops through the keypoint model and maps keypoints back to original pixels. Streaming, so memory
+does not grow with the number of images."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import ModelSpec, load_model
+from .decode import DEFAULT_MAX_PIXELS, load_image
+from .detect import FaceDetector
+from .discover import InputFile
+from .errors import DecodeError, UsageError, WeightsError
+from .keypoints import KAGGLE_POINTS
+from .runtime import autocast, cpu_count, default_workers, resolve_device, to_model_input
+from .transforms import FRAMING_POINTS, Box, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "fkpnet68.pt"
+DETECT_MODES = ("auto", "always", "never")
+# --detect auto: an image this small with no detected face is taken as a tight face crop.
+CROP_FALLBACK_SIDE = 400
+# RetinaFace's five points (image-left eye first) in FRAMING_POINTS order (subject's left eye first).
+_DETECTOR_TO_FRAMING = [1, 0, 2, 4, 3]
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How images become faces; ``--help`` of ``fkpbatch predict`` explains each."""
+
+    detect: str = "auto"
+    faces: str = "all"
+    min_score: float = 0.6
+    min_face: int = 20
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int = 64
+    workers: int = field(default_factory=default_workers)
+
+    def __post_init__(self):
+        if self.detect not in DETECT_MODES:
+            raise UsageError(f"--detect must be one of {', '.join(DETECT_MODES)}, not {self.detect!r}")
+        if self.faces not in ("all", "largest"):
+            raise UsageError(f"--faces must be 'all' or 'largest', not {self.faces!r}")
+        if self.batch_size < 1 or self.workers < 0:
+            raise UsageError("--batch-size must be at least 1 and --workers at least 0")
+
+
+@dataclass
+class FaceResult:
+    box: Box
+    score: float | None  # detector score; None when the whole image was taken as the face
+    keypoints: np.ndarray  # (K, 2) original pixels
+    quality: float | None  # 0..1 from the heatmaps' spread; None for regression models
+
+
+@dataclass
+class ImageResult:
+    image: str
+    status: str  # ok | no_face | error | skipped
+    error: str = ""
+    width: int | None = None
+    height: int | None = None
+    faces: list[FaceResult] = field(default_factory=list)
+    source: InputFile | None = None
+
+
+class ImageSource(Dataset):
+    """One item per input file: decode, find faces, crop them to the model's frame (in a worker)."""
+
+    def __init__(self, files: list[InputFile], spec: ModelSpec, options: PredictOptions):
+        self.files, self.spec, self.options = files, spec, options
+        self.detector = FaceDetector(min_score=options.min_score) if options.detect != "never" else None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _boxes(self, image) -> list[tuple[Box, float | None]]:
+        width, height = image.size
+        if self.detector is None:
+            return [(whole_image_box(width, height), None)]
+        small = max(width, height) <= CROP_FALLBACK_SIDE
+        found = [d for d in self.detector.detect(image, pad=0.25 if small else 0.0) if min(d.box[2:]) >= self.options.min_face]
+        if not found:
+            return [(whole_image_box(width, height), None)] if self.options.detect == "auto" and small else []
+        if self.options.faces == "largest":
+            found = [max(found, key=lambda d: d.box[2] * d.box[3])]
+        return [(box_from_points(d.landmarks[_DETECTOR_TO_FRAMING], self.spec.framing), d.score) for d in found]
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.files[index]
+        record = {"index": index, "status": "ok", "error": "", "width": None, "height": None, "boxes": [], "scores": []}
+        empty = torch.zeros((0, 1, self.spec.input_size, self.spec.input_size), dtype=torch.uint8)
+        try:
+            image = load_image(item.path, self.options.max_pixels)
+        except DecodeError as exc:
+            record.update(status="skipped" if item.skip_if_not_image and "not an image" in str(exc) else "error", error=str(exc))
+            return {**record, "crops": empty}
+        except OSError as exc:  # permissions, vanished files, directories named like images
+            record.update(status="error", error=f"cannot read: {exc.strerror or exc}")
+            return {**record, "crops": empty}
+        record.update(width=image.width, height=image.height)
+        faces = self._boxes(image)
+        if not faces:
+            record["status"] = "no_face"
+            return {**record, "crops": empty}
+        gray = image.convert("L")
+        crops = [to_uint8_tensor(crop_face(gray, box, self.spec.input_size)) for box, _ in faces]
+        record.update(boxes=[b for b, _ in faces], scores=[s for _, s in faces])
+        return {**record, "crops": torch.stack(crops)}
+
+
+def collate_images(items: list[dict]) -> tuple[torch.Tensor, list[dict]]:
+    """All faces of a batch of images in one tensor; per-image records beside it."""
+    crops = torch.cat([item.pop("crops") for item in items])
+    return crops, items
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # each worker decodes one image at a time; the model owns the cores
+
+
+class Predictor:
+    """A loaded keypoint model; build once, then call :meth:`predict_paths` on any number of files."""
+
+    def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: torch.device):
+        self.model, self.spec, self.device = model.to(device), spec, device
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(cls, weights: str | Path | None = None, device: str = "auto") -> "Predictor":
+        """Load ``weights`` (a checkpoint from ``fkpbatch train``) or the shipped default model."""
+        path = Path(weights) if weights else DEFAULT_WEIGHTS
+        if weights is None and not path.exists():
+            raise WeightsError(f"no default weights at {path}; pass --weights FILE from 'fkpbatch train'")
+        model, spec = load_model(path)
+        return cls(model, spec, resolve_device(device))
+
+    @torch.inference_mode()
+    def _keypoints(self, crops: torch.Tensor):
+        with autocast(self.device):
+            out = self.model(to_model_input(crops, self.device, self.spec.pixel_scale))
+        quality = out.get("quality")
+        return out["keypoints"].float().cpu().numpy(), None if quality is None else quality.float().cpu().numpy()
+
+    def predict_paths(self, files: Iterable[InputFile], options: PredictOptions | None = None) -> Iterator[ImageResult]:
+        """Yield one :class:`ImageResult` per file, in input order, as batches finish."""
+        options = options or PredictOptions()
+        files = list(files)
+        if not files:
+            return
+        torch.set_num_threads(max(1, cpu_count() - (options.workers > 0)))
+        loader = DataLoader(
+            ImageSource(files, self.spec, options),
+            batch_size=options.batch_size,
+            num_workers=options.workers,
+            collate_fn=collate_images,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_worker_init,
+            prefetch_factor=4 if options.workers else None,
+            persistent_workers=False,
+        )
+        for crops, records in loader:
+            unit, quality = self._keypoints(crops) if len(crops) else (np.zeros((0, len(self.spec.keypoints), 2)), None)
+            face = 0
+            for record in records:
+                item = files[record["index"]]
+                result = ImageResult(item.name, record["status"], record["error"], record["width"], record["height"], source=item)
+                for box, score in zip(record["boxes"], record["scores"]):
+                    q = None if quality is None else float(quality[face])
+                    result.faces.append(FaceResult(box, score, from_unit(unit[face], box), q))
+                    face += 1
+                yield result
+
+
+def predict(paths, weights=None, *, device: str = "auto", recursive: bool = True, **options):
+    """Python API: keypoints for files/folders as a pandas DataFrame with the CSV's columns."""
+    from .discover import discover
+    from .writers import results_frame
+
+    predictor = Predictor.load(weights, device)
+    found = discover([Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)], recursive=recursive)
+    return results_frame(predictor.predict_paths(found.files, PredictOptions(**options)), predictor.spec.keypoints)

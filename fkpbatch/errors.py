@@ -1,0 +1,33 @@
+"""One exception family: library code raises it with a sentence naming the file and the fix."""
+
+
+class FkpError(Exception):
+    """Base class; the CLI prints its message on one line and exits with ``exit_code``."""
+
+    exit_code = 2
+
+
+class UsageError(FkpError):
+    """A bad option, path or combination of options."""
+
+
+class WeightsError(FkpError):
+    """A checkpoint that is missing, corrupt or not written by fkpbatch."""
+
+
+class UnknownModelError(FkpError):
+    """An architecture name that is not in the registry."""
+
+
+class DataError(FkpError):
+    """A training or evaluation file that cannot be used (names the file and line)."""
+
+
+class DecodeError(FkpError):
+    """One input image cannot be used; becomes an ``error`` row, never ends a run."""
+
+
+class TrainingDiverged(FkpError):
+    """The loss became NaN or infinite."""
+
+    exit_code = 1

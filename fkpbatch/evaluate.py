@@ -1,0 +1,140 @@
+"""``evaluate`` (accuracy of a checkpoint on labelled data, through the real predict pipeline) and
+``submission`` (Kaggle's RowId,Location file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .datasets import KAGGLE_SIZE, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
+from .discover import InputFile
+from .engine import Predictor, PredictOptions
+from .errors import DataError, UsageError
+from .keypoints import KAGGLE_POINTS
+from .metrics import FAILURE_NME, nme_per_face, summarize
+from .transforms import FRAMING_POINTS, Framing, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
+
+KAGGLE_FRAMING = Framing()
+
+
+def _kaggle_predictions(predictor: Predictor, images) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the model on 96x96 Kaggle faces (the whole image is the face); pixels of the 96 frame."""
+    preds, qualities = [], []
+    box = whole_image_box(KAGGLE_SIZE, KAGGLE_SIZE)
+    for start in range(0, len(images), 256):
+        crops = torch.stack([to_uint8_tensor(crop_face(im, box, predictor.spec.input_size)) for im in images[start:start + 256]])
+        unit, quality = predictor._keypoints(crops)
+        preds.append(from_unit(unit, box))
+        qualities.append(quality)
+    names = predictor.spec.keypoints
+    pred = np.concatenate(preds) if preds else np.zeros((0, len(names), 2))
+    return pred, (None if not qualities or qualities[0] is None else np.concatenate(qualities))
+
+
+def _match_faces(results, labels: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+    """For each labelled image, the predicted face nearest the labelled eyes (NaN if none found)."""
+    eyes = [names.index("left_eye_center"), names.index("right_eye_center")]
+    pred = np.full_like(labels, np.nan)
+    quality = np.full(len(labels), np.nan)
+    missed = 0
+    for i, result in enumerate(results):
+        if not result.faces:
+            missed += 1
+            continue
+        target = labels[i][eyes].mean(0)
+        face = min(result.faces, key=lambda f: np.linalg.norm(f.keypoints[eyes].mean(0) - target))
+        pred[i] = face.keypoints
+        quality[i] = np.nan if face.quality is None else face.quality
+    return pred, quality, missed
+
+
+def evaluate_checkpoint(
+    predictor: Predictor,
+    data: Path,
+    *,
+    holdout: Path | None = None,
+    options: PredictOptions | None = None,
+) -> dict:
+    """Accuracy on ``data`` (Kaggle CSV, or folder CSV run through predict with ``options``).
+
+    ``holdout``: a training run folder; only the rows that run held out for validation are used.
+    """
+    names = predictor.spec.keypoints
+    common = [n for n in KAGGLE_POINTS if n in names]
+    if is_kaggle_csv(data):
+        table = load_kaggle_csv(data)
+        rows = _holdout_rows(table.names, holdout)
+        pred, quality = _kaggle_predictions(predictor, [table.images[r] for r in rows])
+        labels, scale, missed = table.points[rows], np.ones(len(rows)), 0
+    else:
+        table = load_folder_csv(data, KAGGLE_POINTS)
+        rows = _holdout_rows(table.names, holdout)
+        root = data.parent
+        files = [InputFile(_image_path(root, table.names[r]), table.names[r], False) for r in rows]
+        results = list(predictor.predict_paths(files, options or PredictOptions()))
+        labels = table.points[rows]
+        pred, quality, missed = _match_faces(results, _expand(labels, names), names)
+        framing_index = [KAGGLE_POINTS.index(n) for n in FRAMING_POINTS]
+        scale = np.array([box_from_points(l[framing_index], KAGGLE_FRAMING).size / KAGGLE_SIZE for l in labels])
+    index = [names.index(n) for n in common]
+    pred, labels = pred[:, index], labels[:, [KAGGLE_POINTS.index(n) for n in common]]
+    found = np.isfinite(pred).all(axis=(1, 2))
+    report = summarize(pred[found], labels[found], common, kaggle_scale=scale[found])
+    nme = nme_per_face(pred[found], labels[found], common)
+    report.update(data=str(data), images=int(len(rows)), missed=int(missed))
+    if missed:  # a face not found is a failure
+        total = len(rows)
+        report["failure_percent"] = float(100 * ((nme > FAILURE_NME).sum() + missed) / total)
+    if quality is not None and np.isfinite(quality[found]).sum() > 2:
+        q, e = pd.Series(quality[found]), pd.Series(nme)
+        report["quality_vs_nme_spearman"] = float(q.rank().corr(e.rank()))  # Spearman without scipy
+    return report
+
+
+def _expand(labels: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """Labels of the 15 Kaggle points laid out in the model's keypoint order (NaN elsewhere)."""
+    out = np.full((len(labels), len(names), 2), np.nan)
+    for i, n in enumerate(KAGGLE_POINTS):
+        out[:, names.index(n)] = labels[:, i]
+    return out
+
+
+def _image_path(root: Path, name: str) -> Path:
+    direct = root / name
+    return direct if direct.exists() else root / "images" / name
+
+
+def _holdout_rows(image_names: list[str], run_dir: Path | None) -> np.ndarray:
+    if run_dir is None:
+        return np.arange(len(image_names))
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise UsageError(f"--holdout {run_dir}: no config.json (is it a training run folder?)")
+    config = json.loads(config_path.read_text())
+    mask = split_by_group(image_names, config["val_split"], config["group_by"], config["seed"])
+    return np.flatnonzero(mask)
+
+
+def write_submission(predictor: Predictor, test_csv: Path, lookup_csv: Path, out: Path) -> int:
+    """Kaggle's ``RowId,Location`` for every row of the lookup table, clipped to [0, 96]."""
+    table = load_kaggle_csv(test_csv, with_labels=False)
+    lookup = pd.read_csv(lookup_csv)
+    missing = {"RowId", "ImageId", "FeatureName"} - set(lookup.columns)
+    if missing:
+        raise DataError(f"{lookup_csv}: missing columns {', '.join(sorted(missing))}")
+    pred, _ = _kaggle_predictions(predictor, table.images)
+    position = {name: i for i, name in enumerate(table.names)}
+    names = predictor.spec.keypoints
+    locations = []
+    for line, (image_id, feature) in enumerate(zip(lookup["ImageId"], lookup["FeatureName"]), start=2):
+        point, axis = str(feature)[:-2], str(feature)[-1]
+        if str(image_id) not in position or point not in names or axis not in "xy":
+            raise DataError(f"{lookup_csv}, line {line}: unknown ImageId {image_id} or FeatureName {feature}")
+        locations.append(pred[position[str(image_id)], names.index(point), "xy".index(axis)])
+    frame = pd.DataFrame({"RowId": lookup["RowId"], "Location": np.clip(locations, 0, KAGGLE_SIZE)})
+    frame.to_csv(out, index=False)
+    return len(frame)

@@ -1,0 +1,43 @@
+"""Accuracy measures: RMSE in Kaggle 96-pixel units and NME normalised by the outer-eye-corner distance."""
+
+from __future__ import annotations
+
+import numpy as np
+
+FAILURE_NME = 0.10
+_OUTER_EYE_CORNERS = ("left_eye_outer_corner", "right_eye_outer_corner")
+
+
+def rmse(pred: np.ndarray, target: np.ndarray) -> float:
+    """Root mean square over all labelled coordinates (NaN targets ignored), in the arrays' units."""
+    diff = (np.asarray(pred) - np.asarray(target)) ** 2
+    return float(np.sqrt(np.nanmean(diff))) if np.isfinite(diff).any() else float("nan")
+
+
+def nme_per_face(pred: np.ndarray, target: np.ndarray, keypoints: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Mean point-to-point error per face / distance between the outer eye corners (NaN if unknown).
+
+    ``pred``, ``target``: (N, K, 2) in the same pixel frame.
+    """
+    left, right = (list(keypoints).index(n) for n in _OUTER_EYE_CORNERS)
+    norm = np.linalg.norm(target[:, left] - target[:, right], axis=-1)
+    errors = np.linalg.norm(pred - target, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nanmean(errors, axis=1) / norm
+
+
+def summarize(pred: np.ndarray, target: np.ndarray, keypoints, *, kaggle_scale: np.ndarray) -> dict:
+    """RMSE (96-pixel Kaggle units: errors divided by ``kaggle_scale`` per face = box size / 96),
+    NME %, failure rate % and per-keypoint mean error in the same Kaggle units."""
+    scale = np.asarray(kaggle_scale, dtype=np.float64)[:, None, None]
+    pred96, target96 = pred / scale, target / scale
+    nme = nme_per_face(pred, target, keypoints)
+    valid = nme[np.isfinite(nme)]
+    per_point = np.nanmean(np.linalg.norm(pred96 - target96, axis=-1), axis=0)
+    return {
+        "faces": int(len(pred)),
+        "rmse": rmse(pred96, target96),
+        "nme_percent": float(100 * valid.mean()) if valid.size else float("nan"),
+        "failure_percent": float(100 * (valid > FAILURE_NME).mean()) if valid.size else float("nan"),
+        "per_keypoint": {name: float(e) for name, e in zip(keypoints, per_point)},
+    }

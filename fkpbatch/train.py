@@ -1,0 +1,275 @@
+"""Training: plain functions read top to bottom (torchvision references style), one checkpoint dict."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+from tqdm import tqdm
+
+from .checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .datasets import FaceDataset, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
+from .errors import DataError, TrainingDiverged, UsageError
+from .keypoints import KAGGLE_POINTS, points_for
+from .metrics import nme_per_face, rmse
+from .runtime import autocast, resolve_device, to_model_input
+from .transforms import Framing, TrainAugment
+
+
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """MSE or L1 over the coordinates that are labelled: a row with 4 of 15 keypoints still
+    teaches those 4 (the seed dropped such rows)."""
+    mask = torch.isfinite(target)
+    diff = (pred - torch.nan_to_num(target)) * mask
+    per = diff.pow(2) if kind == "mse" else diff.abs()
+    return per.sum() / mask.sum().clamp_min(1)
+
+
+def build_datasets(config: TrainConfig, warn=print):
+    """Load every dataset, split each by group, return (train, val, keypoints, val names)."""
+    keypoints = points_for(config.points)
+    framing = Framing(config.framing_scale, config.framing_shift)
+    strong = config.augment == "strong"
+    augment = None if config.augment == "none" else TrainAugment(keypoints, strong=strong, vflip=config.vflip)
+    train_parts, val_parts, val_names = [], [], []
+    for source in config.data:
+        path = Path(source)
+        if not path.is_file():
+            raise UsageError(f"training data {path} does not exist")
+        if is_kaggle_csv(path):
+            if keypoints != KAGGLE_POINTS:
+                raise UsageError(f"{path}: Kaggle CSVs carry the 15 Kaggle points only; use --points 15")
+            table = load_kaggle_csv(path)
+        else:
+            images_dir = Path(config.images_dir) if config.images_dir else None
+            table = load_folder_csv(path, keypoints, images_dir, strict=config.strict, warn=warn)
+        if not table.names:
+            raise DataError(f"{path}: no usable rows")
+        is_val = split_by_group(table.names, config.val_split, config.group_by, config.seed)
+        common = dict(input_size=config.input_size, framing=framing, seed=config.seed)
+        train_parts.append(FaceDataset(table, np.flatnonzero(~is_val), augment=augment, jitter=config.jitter, **common))
+        val_parts.append(FaceDataset(table, np.flatnonzero(is_val), **common))
+        val_names += [f"{path.name}:{table.names[i]}" for i in np.flatnonzero(is_val)]
+    return ConcatDataset(train_parts), ConcatDataset(val_parts), keypoints, val_names
+
+
+def _loader(dataset, config: TrainConfig, shuffle: bool, device: torch.device) -> DataLoader:
+    generator = torch.Generator().manual_seed(config.seed)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.workers > 0,
+        generator=generator,
+        drop_last=shuffle and len(dataset) > config.batch_size,
+    )
+
+
+def _forward_loss(model, images, targets, config: TrainConfig, device, pixel_scale):
+    with autocast(device):
+        out = model(to_model_input(images, device, pixel_scale))
+    pred = out["keypoints"].float()
+    loss = masked_loss(pred, targets.to(device), config.loss)
+    if "spread" in out:  # keep heatmaps compact, so their spread is a usable quality score
+        loss = loss + 0.05 * out["spread"].float().mean()
+    return loss, pred
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, config, device, epoch, pixel_scale, show_progress) -> float:
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show_progress, file=sys.stderr)
+    for step, (images, targets) in enumerate(bar):
+        loss, _ = _forward_loss(model, images, targets, config, device, pixel_scale)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1}; try a lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += loss.item() * len(images)
+        count += len(images)
+        bar.set_postfix(loss=f"{total / count:.5f}")
+    return total / max(count, 1)
+
+
+@torch.inference_mode()
+def evaluate(model, loader, config, device, pixel_scale) -> dict:
+    """Validation loss and RMSE in Kaggle 96-pixel units (unit coordinates x 96)."""
+    model.eval()
+    losses, preds, targets = [], [], []
+    for images, target in loader:
+        loss, pred = _forward_loss(model, images, target, config, device, pixel_scale)
+        losses.append(loss.item() * len(images))
+        preds.append(pred.cpu())
+        targets.append(target)
+    if not preds:
+        return {"val_loss": float("nan"), "val_rmse": float("nan")}
+    pred, target = torch.cat(preds).numpy(), torch.cat(targets).numpy()
+    nme = nme_per_face(pred, target, loader.dataset.datasets[0].table.keypoints)
+    return {
+        "val_loss": sum(losses) / len(pred),
+        "val_rmse": rmse(pred * 96, target * 96),
+        "val_nme": float(np.nanmean(nme) * 100) if np.isfinite(nme).any() else float("nan"),
+    }
+
+
+def _make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.schedule == "cosine":
+        total = max(1, config.epochs * steps_per_epoch)
+        warmup = min(total // 10, 3 * steps_per_epoch)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return optimizer, scheduler
+
+
+def _plot_losses(history: list[dict], path: Path) -> None:
+    """loss.png: train and validation loss per epoch (log scale), drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    width, height, pad = 640, 400, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    series = {"train": [h["train_loss"] for h in history], "val": [h["val_loss"] for h in history]}
+    values = [v for vs in series.values() for v in vs if v > 0 and math.isfinite(v)]
+    if not values:
+        return
+    low, high = math.log10(min(values)), math.log10(max(values)) + 1e-9
+    draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
+    for (name, ys), colour in zip(series.items(), ("royalblue", "darkorange")):
+        points = [
+            (pad + (width - 2 * pad) * i / max(1, len(ys) - 1), height - pad - (height - 2 * pad) * (math.log10(y) - low) / (high - low))
+            for i, y in enumerate(ys) if y > 0 and math.isfinite(y)
+        ]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        draw.text((width - pad - 60, pad + 10 + 15 * (name == "val")), f"{name} loss", fill=colour)
+    draw.text((pad, height - pad + 10), f"epochs 1..{len(history)}; loss {10**low:.3g}..{10**high:.3g} (log)", fill="black")
+    image.save(path)
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+RECIPES = {
+    # The Kaggle notebook: seed network, MSE, Adam 1e-3, 100 epochs, batch 64, flip + brightness.
+    "seed": dict(arch="seed", points="15", input_size=96, epochs=100, batch_size=64, lr=1e-3, loss="mse",
+                 schedule="constant", augment="seed", framing_scale=1.29, framing_shift=0.27),
+    # The shipped model: heatmap network, L1, cosine schedule, strong augmentation, a looser frame
+    # so that the jaw line (68 points) fits in the crop.
+    "fkpnet": dict(arch="fkpnet", points="15", input_size=96, epochs=60, batch_size=32, lr=2e-3, loss="l1",
+                   schedule="cosine", augment="strong", framing_scale=1.55, framing_shift=0.4),
+}
+
+
+def build_config(data: tuple[str, ...], recipe: str | None = None, **overrides) -> TrainConfig:
+    """A TrainConfig from a recipe (default: ``seed`` for Kaggle CSVs, ``fkpnet`` otherwise) and
+    the options the user set (``None`` = take the recipe's value)."""
+    if recipe is None:
+        recipe = "seed" if data and all(Path(d).is_file() and is_kaggle_csv(Path(d)) for d in data) else "fkpnet"
+    if recipe not in RECIPES:
+        raise UsageError(f"--recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
+    values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    if values["points"] not in ("15", "68"):
+        raise UsageError(f"--points must be 15 or 68, not {values['points']!r}")
+    if values["augment"] not in ("none", "seed", "strong"):
+        raise UsageError(f"--augment must be none, seed or strong, not {values['augment']!r}")
+    return TrainConfig(data=tuple(data), **values)
+
+
+def resume_training(out_dir: Path, *, epochs: int | None = None, device: str = "auto", workers: int = 2, **kwargs) -> Path:
+    """Continue the run in ``out_dir`` from last.pt with its saved config (optionally more epochs)."""
+    state = load_checkpoint(out_dir / "last.pt")
+    saved = dict(state["config"], data=tuple(state["config"]["data"]), device=device, workers=workers)
+    if epochs is not None:
+        saved["epochs"] = epochs
+    return _fit(TrainConfig(**saved), out_dir, state, **kwargs)
+
+
+def train(config: TrainConfig, out_dir: Path, *, show_progress: bool = True, log=print) -> Path:
+    """Train per ``config`` into ``out_dir`` (best.pt, last.pt, metrics.jsonl, config.json, loss.png).
+
+    Ctrl-C saves last.pt at the last finished epoch and says how to resume. Returns best.pt's path.
+    """
+    if (out_dir / "last.pt").exists():
+        raise UsageError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out")
+    return _fit(config, out_dir, None, show_progress=show_progress, log=log)
+
+
+def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progress: bool = True, log=print) -> Path:
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_set, val_set, keypoints, val_names = build_datasets(config, warn=log)
+    if len(train_set) == 0:
+        raise DataError("no training rows left after the validation split; lower --val-split")
+    spec = ModelSpec(config.arch, keypoints, config.input_size, Framing(config.framing_scale, config.framing_shift))
+    model = spec.build().to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    train_loader = _loader(train_set, config, True, device)
+    val_loader = _loader(val_set, config, False, device)
+    optimizer, scheduler = _make_optimizer(model, config, len(train_loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    start_epoch, best, history = 0, float("inf"), []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = int(state["epoch"]), float(state["best"])
+        metrics_file = out_dir / "metrics.jsonl"
+        history = [json.loads(line) for line in metrics_file.read_text().splitlines()][:start_epoch] if metrics_file.exists() else []
+        log(f"resuming {out_dir} at epoch {start_epoch + 1}/{config.epochs}")
+    _write_json(out_dir / "config.json", config.to_dict())
+    (out_dir / "val_images.txt").write_text("".join(f"{n}\n" for n in val_names))
+    log(f"training {config.arch} on {len(train_set)} faces, validating on {len(val_set)}, device {device}")
+
+    def save_last(epoch: int) -> None:
+        save_checkpoint(out_dir / "last.pt", spec, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        epoch=epoch, best=best, config=config.to_dict())
+
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            for part in train_set.datasets:
+                part.epoch = epoch
+            train_loss = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, config, device, epoch, spec.pixel_scale, show_progress)
+            metrics = {"epoch": epoch + 1, "train_loss": train_loss, **evaluate(model, val_loader, config, device, spec.pixel_scale)}
+            metrics["seconds"] = round(time.perf_counter() - started, 2)
+            history.append(metrics)
+            score = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else train_loss
+            if score < best:
+                best = score
+                save_checkpoint(out_dir / "best.pt", spec, model, epoch=epoch + 1, metrics=metrics)
+            save_last(epoch + 1)
+            with open(out_dir / "metrics.jsonl", "w") as handle:
+                handle.writelines(json.dumps(h) + "\n" for h in history)
+            _plot_losses(history, out_dir / "loss.png")
+            log(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.5f}, val loss {metrics['val_loss']:.5f}, "
+                f"val RMSE {metrics['val_rmse']:.3f} px(96), val NME {metrics.get('val_nme', float('nan')):.2f} %, {metrics['seconds']:.0f} s")
+    except KeyboardInterrupt:
+        save_last(epoch)
+        log(f"interrupted: saved {out_dir / 'last.pt'} after {epoch} epoch(s); continue with: fkpbatch train --resume {out_dir}")
+        raise
+    return out_dir / "best.pt"

@@ -1,0 +1,51 @@
+"""Shared fixtures: where the development data live, a tiny checkpoint, helpers to make images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fkpbatch.checkpoint import ModelSpec, save_checkpoint
+from fkpbatch.keypoints import KAGGLE_POINTS
+from fkpbatch.transforms import Framing
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FKPBATCH_DATA", REPO.parent / "shared" / "data"))
+SHIPPED_WEIGHTS = REPO / "weights" / "fkpnet68.pt"
+
+
+def need_data(*parts: str) -> Path:
+    """The path under ../shared/data, or skip the test with a message saying what is missing."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"development data not found at {path} (set FKPBATCH_DATA to ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """An untrained fkpnet_tiny checkpoint: exercises the pipeline, says nothing about accuracy."""
+    torch.manual_seed(0)
+    spec = ModelSpec("fkpnet_tiny", KAGGLE_POINTS, 48, Framing())
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_checkpoint(path, spec, spec.build())
+    return path
+
+
+@pytest.fixture(scope="session")
+def shipped_weights() -> Path:
+    if not SHIPPED_WEIGHTS.exists():
+        pytest.skip("weights/fkpnet68.pt is not in this checkout")
+    return SHIPPED_WEIGHTS
+
+
+def gradient_image(size=(64, 48), mode="RGB") -> Image.Image:
+    """A small non-face picture with some structure."""
+    x = np.linspace(0, 255, size[0], dtype=np.uint8)
+    array = np.tile(x, (size[1], 1))
+    return Image.fromarray(array).convert(mode)

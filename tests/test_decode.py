@@ -1,0 +1,67 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fkpbatch.decode import load_image
+from fkpbatch.errors import DecodeError
+
+from conftest import gradient_image
+
+
+def _save(tmp_path, image, name, **params):
+    path = tmp_path / name
+    image.save(path, **params)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "CMYK", "1", "I;16", "P"])
+def test_every_common_mode_becomes_rgb(tmp_path, mode):
+    image = gradient_image((40, 30), "L")
+    if mode == "I;16":
+        image = Image.fromarray((np.asarray(image, dtype=np.uint16) * 256))
+    else:
+        image = image.convert(mode)
+    path = _save(tmp_path, image, "x.tiff")
+    out = load_image(path)
+    assert out.mode == "RGB" and out.size == (40, 30)
+    if mode == "I;16":  # 16-bit scaled down to 8, not clipped to white
+        assert np.asarray(out)[0, -1, 0] > 200 and np.asarray(out)[0, 0, 0] < 10
+
+
+def test_palette_transparency_is_composited_on_white(tmp_path):
+    image = Image.new("P", (10, 10), 0)
+    image.putpalette([0, 0, 0] * 256)
+    path = _save(tmp_path, image, "t.png", transparency=0)
+    assert np.asarray(load_image(path)).min() == 255
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = gradient_image((60, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = _save(tmp_path, image, "rot.jpg", exif=exif)
+    assert load_image(path).size == (20, 60)
+
+
+def test_animation_gives_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))]
+    path = tmp_path / "a.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    assert np.asarray(load_image(path))[0, 0].tolist() == [255, 0, 0]
+
+
+def test_images_over_the_pixel_limit_are_refused_with_their_size(tmp_path):
+    path = _save(tmp_path, gradient_image((100, 100)), "big.png")
+    with pytest.raises(DecodeError, match="100x100 = 10,000 pixels, over --max-pixels 5,000"):
+        load_image(path, max_pixels=5_000)
+
+
+def test_truncated_jpeg_is_an_error(tmp_path):
+    buffer = io.BytesIO()
+    gradient_image((200, 200)).save(buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(DecodeError, match="cannot decode"):
+        load_image(path)

@@ -1,0 +1,137 @@
+"""The predict command as a user meets it: columns, formats, exit codes, stdout holding data only."""
+
+import io
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from fkpbatch.cli import app
+from fkpbatch.keypoints import KAGGLE_POINTS, coordinate_columns
+
+from conftest import REPO, gradient_image
+
+runner = CliRunner()
+EXPECTED_COLUMNS = (
+    ["image", "face", "status", "error", "width", "height", "score", "box_x", "box_y", "box_w", "box_h"]
+    + coordinate_columns(KAGGLE_POINTS)
+    + ["quality"]
+)
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    """Two example faces, a non-face picture, a broken .jpg and a text file, in a sub-folder layout."""
+    root = tmp_path / "faces"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(REPO / "examples" / "Celso_Lafer_12.jpg", root / "a.jpg")
+    shutil.copy(REPO / "examples" / "Katharine_Hepburn_40.jpg", root / "sub" / "b.jpg")
+    gradient_image((600, 500)).save(root / "sub" / "wall.png")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (root / "notes.txt").write_text("shot list")
+    (root / ".hidden.jpg").write_bytes(b"")
+    return root
+
+
+def invoke(*args):
+    return runner.invoke(app, ["predict", *map(str, args)], catch_exceptions=False)
+
+
+def test_csv_on_stdout_has_the_exact_columns_and_one_row_per_image(folder, tiny_weights):
+    result = invoke(folder, "-w", tiny_weights, "--workers", "0", "--quiet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.stdout))
+    assert list(table.columns) == EXPECTED_COLUMNS
+    name = str(folder)
+    assert table["image"].tolist() == [f"{name}/a.jpg", f"{name}/broken.jpg", f"{name}/sub/b.jpg", f"{name}/sub/wall.png"]
+    status = dict(zip(table["image"].str.replace(name + "/", ""), table["status"]))
+    assert status == {"a.jpg": "ok", "broken.jpg": "error", "sub/b.jpg": "ok", "sub/wall.png": "no_face"}
+    broken = table[table["status"] == "error"].iloc[0]
+    assert "cannot decode" in broken["error"]
+    ok = table[table["status"] == "ok"]
+    assert (ok["score"] > 0.6).all() and ok["left_eye_center_x"].notna().all()
+
+
+def test_summary_goes_to_stderr_and_counts_skipped_files(folder, tiny_weights):
+    result = invoke(folder, "-w", tiny_weights, "--workers", "0")
+    assert "4 images" in result.stderr and "1 errors" in result.stderr and "2 skipped" in result.stderr
+    assert "images/s" not in result.stdout
+
+
+@pytest.mark.parametrize("suffix", ["json", "jsonl"])
+def test_json_and_jsonl_outputs_parse(folder, tiny_weights, tmp_path, suffix):
+    out = tmp_path / f"out.{suffix}"
+    assert invoke(folder, "-w", tiny_weights, "--workers", "0", "-o", out).exit_code == 0
+    text = out.read_text()
+    records = json.loads(text) if suffix == "json" else [json.loads(line) for line in text.splitlines()]
+    assert [r["status"] for r in records] == ["ok", "error", "ok", "no_face"]
+    face = records[0]["faces"][0]
+    assert set(face) == {"box", "score", "quality", "keypoints"}
+    assert list(face["keypoints"]) == list(KAGGLE_POINTS)
+
+
+def test_existing_output_is_not_overwritten_without_overwrite(folder, tiny_weights, tmp_path):
+    out = tmp_path / "out.csv"
+    out.write_text("precious\n")
+    result = invoke(folder, "-w", tiny_weights, "-o", out)
+    assert result.exit_code == 2
+    assert "exists; pass --overwrite" in result.stderr and out.read_text() == "precious\n"
+    assert invoke(folder, "-w", tiny_weights, "--workers", "0", "-o", out, "--overwrite").exit_code == 0
+    assert out.read_text().startswith("image,face,status")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["/no/such/folder"], "/no/such/folder: no such file or folder"),
+        (["--detect", "sometimes"], "--detect must be one of auto, always, never"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(folder, tiny_weights, args, message):
+    result = invoke(*(args if args[0].startswith("/") else [folder, *args]), "-w", tiny_weights)
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_corrupt_or_foreign_weights_exit_2_with_one_line(folder, tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 garbage")
+    foreign = tmp_path / "foreign.pt"
+    import torch
+
+    torch.save({"state_dict": {}}, foreign)
+    for weights, message in [(corrupt, "is not a readable PyTorch checkpoint"), (foreign, "was not written by fkpbatch train")]:
+        result = invoke(folder, "-w", weights)
+        assert result.exit_code == 2 and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_strict_exits_1_when_a_file_failed(folder, tiny_weights):
+    assert invoke(folder, "-w", tiny_weights, "--workers", "0", "--strict", "-q").exit_code == 1
+
+
+def test_detect_never_takes_the_whole_image_as_the_face(folder, tiny_weights):
+    result = invoke(folder / "sub" / "wall.png", "-w", tiny_weights, "--detect", "never", "--workers", "0", "-q")
+    row = pd.read_csv(io.StringIO(result.stdout)).iloc[0]
+    assert row["status"] == "ok" and pd.isna(row["score"])
+    assert (row["box_x"], row["box_y"], row["box_w"], row["box_h"]) == (0, -50, 600, 600)
+
+
+def test_annotated_copies_mirror_the_folder_and_stay_inside(folder, tiny_weights, tmp_path):
+    target = tmp_path / "annotated"
+    assert invoke(folder, "-w", tiny_weights, "--workers", "0", "-q", "--annotate", target).exit_code == 0
+    written = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
+    assert written == ["faces/a.jpg", "faces/sub/b.jpg"]
+
+
+def test_workers_give_the_same_rows_as_the_main_process(folder, tiny_weights):
+    one = invoke(folder, "-w", tiny_weights, "--workers", "0", "-q").stdout
+    two = invoke(folder, "-w", tiny_weights, "--workers", "2", "-q", "--batch-size", "2").stdout
+    assert one == two
+
+
+def test_version_and_module_entry_point():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("fkpbatch ")
