@@ -38,6 +38,9 @@ def load_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
                 return to_rgb(upright)
     except DecodeError:
         raise
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        hint = " (a broken symlink)" if Path(path).is_symlink() and not Path(path).exists() else ""
+        raise DecodeError(f"cannot read: {exc.strerror}{hint}") from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:

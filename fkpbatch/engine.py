@@ -24,8 +24,10 @@ from .transforms import FRAMING_POINTS, Box, box_from_points, crop_face, from_un
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "fkpnet68.pt"
 DETECT_MODES = ("auto", "always", "never")
-# --detect auto: an image this small with no detected face is taken as a tight face crop.
-CROP_FALLBACK_SIDE = 400
+# --detect auto: a roughly square image of 32..400 px with no detected face is taken as a tight
+# face crop (Kaggle's 96x96 faces, faces15-like crops); anything else without a face is no_face.
+CROP_FALLBACK_SIDES = (32, 400)
+CROP_FALLBACK_ASPECT = 2.0
 # RetinaFace's five points (image-left eye first) in FRAMING_POINTS order (subject's left eye first).
 _DETECTOR_TO_FRAMING = [1, 0, 2, 4, 3]
 
@@ -84,10 +86,10 @@ class ImageSource(Dataset):
         width, height = image.size
         if self.detector is None:
             return [(whole_image_box(width, height), None)]
-        small = max(width, height) <= CROP_FALLBACK_SIDE
+        small = max(width, height) <= CROP_FALLBACK_SIDES[1]
         found = [d for d in self.detector.detect(image, pad=0.25 if small else 0.0) if min(d.box[2:]) >= self.options.min_face]
         if not found:
-            return [(whole_image_box(width, height), None)] if self.options.detect == "auto" and small else []
+            return [(whole_image_box(width, height), None)] if self.options.detect == "auto" and looks_like_a_face_crop(width, height) else []
         if self.options.faces == "largest":
             found = [max(found, key=lambda d: d.box[2] * d.box[3])]
         return [(box_from_points(d.landmarks[_DETECTOR_TO_FRAMING], self.spec.framing), d.score) for d in found]
@@ -95,24 +97,29 @@ class ImageSource(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = self.files[index]
         record = {"index": index, "status": "ok", "error": "", "width": None, "height": None, "boxes": [], "scores": []}
-        empty = torch.zeros((0, 1, self.spec.input_size, self.spec.input_size), dtype=torch.uint8)
         try:
             image = load_image(item.path, self.options.max_pixels)
+            record.update(width=image.width, height=image.height)
+            faces = self._boxes(image)
+            if not faces:
+                return {**record, "status": "no_face", "crops": self._no_crops()}
+            gray = image.convert("L")
+            crops = torch.stack([to_uint8_tensor(crop_face(gray, box, self.spec.input_size)) for box, _ in faces])
+            return {**record, "boxes": [b for b, _ in faces], "scores": [s for _, s in faces], "crops": crops}
         except DecodeError as exc:
-            record.update(status="skipped" if item.skip_if_not_image and "not an image" in str(exc) else "error", error=str(exc))
-            return {**record, "crops": empty}
-        except OSError as exc:  # permissions, vanished files, directories named like images
-            record.update(status="error", error=f"cannot read: {exc.strerror or exc}")
-            return {**record, "crops": empty}
-        record.update(width=image.width, height=image.height)
-        faces = self._boxes(image)
-        if not faces:
-            record["status"] = "no_face"
-            return {**record, "crops": empty}
-        gray = image.convert("L")
-        crops = [to_uint8_tensor(crop_face(gray, box, self.spec.input_size)) for box, _ in faces]
-        record.update(boxes=[b for b, _ in faces], scores=[s for _, s in faces])
-        return {**record, "crops": torch.stack(crops)}
+            skipped = item.skip_if_not_image and str(exc).startswith("not an image")
+            return {**record, "status": "skipped" if skipped else "error", "error": str(exc), "crops": self._no_crops()}
+        except Exception as exc:  # noqa: BLE001 - one odd file must never end a 100,000-image run
+            return {**record, "status": "error", "error": f"{type(exc).__name__}: {exc}", "crops": self._no_crops()}
+
+    def _no_crops(self) -> torch.Tensor:
+        return torch.zeros((0, 1, self.spec.input_size, self.spec.input_size), dtype=torch.uint8)
+
+
+def looks_like_a_face_crop(width: int, height: int) -> bool:
+    """The ``--detect auto`` fallback rule: small, not tiny, roughly square."""
+    low, high = CROP_FALLBACK_SIDES
+    return low <= min(width, height) and max(width, height) <= high and max(width, height) <= CROP_FALLBACK_ASPECT * min(width, height)
 
 
 def collate_images(items: list[dict]) -> tuple[torch.Tensor, list[dict]]:
