@@ -72,15 +72,13 @@ class ImageResult:
     source: InputFile | None = None
 
 
-class ImageSource(Dataset):
-    """One item per input file: decode, find faces, crop them to the model's frame (in a worker)."""
+class FaceCropper:
+    """Decode one file, find its faces, crop them to the model's frame. Runs in DataLoader workers
+    (and in Ray tasks); the detector session is built lazily in each process."""
 
-    def __init__(self, files: list[InputFile], spec: ModelSpec, options: PredictOptions):
-        self.files, self.spec, self.options = files, spec, options
+    def __init__(self, spec: ModelSpec, options: PredictOptions):
+        self.spec, self.options = spec, options
         self.detector = FaceDetector(min_score=options.min_score) if options.detect != "never" else None
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def _boxes(self, image) -> list[tuple[Box, float | None]]:
         width, height = image.size
@@ -94,26 +92,39 @@ class ImageSource(Dataset):
             found = [max(found, key=lambda d: d.box[2] * d.box[3])]
         return [(box_from_points(d.landmarks[_DETECTOR_TO_FRAMING], self.spec.framing), d.score) for d in found]
 
-    def __getitem__(self, index: int) -> dict:
-        item = self.files[index]
-        record = {"index": index, "status": "ok", "error": "", "width": None, "height": None, "boxes": [], "scores": []}
+    def __call__(self, item: InputFile) -> dict:
+        """A record: status, error, width, height, boxes, scores and the (F, 1, S, S) uint8 crops."""
+        record = {"status": "ok", "error": "", "width": None, "height": None, "boxes": [], "scores": [], "crops": self._no_crops()}
         try:
             image = load_image(item.path, self.options.max_pixels)
             record.update(width=image.width, height=image.height)
             faces = self._boxes(image)
             if not faces:
-                return {**record, "status": "no_face", "crops": self._no_crops()}
+                return {**record, "status": "no_face"}
             gray = image.convert("L")
             crops = torch.stack([to_uint8_tensor(crop_face(gray, box, self.spec.input_size)) for box, _ in faces])
             return {**record, "boxes": [b for b, _ in faces], "scores": [s for _, s in faces], "crops": crops}
         except DecodeError as exc:
             skipped = item.skip_if_not_image and str(exc).startswith("not an image")
-            return {**record, "status": "skipped" if skipped else "error", "error": str(exc), "crops": self._no_crops()}
+            return {**record, "status": "skipped" if skipped else "error", "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - one odd file must never end a 100,000-image run
-            return {**record, "status": "error", "error": f"{type(exc).__name__}: {exc}", "crops": self._no_crops()}
+            return {**record, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
 
     def _no_crops(self) -> torch.Tensor:
         return torch.zeros((0, 1, self.spec.input_size, self.spec.input_size), dtype=torch.uint8)
+
+
+class ImageSource(Dataset):
+    """The input files as a Dataset of cropped faces, for a DataLoader with workers."""
+
+    def __init__(self, files: list[InputFile], spec: ModelSpec, options: PredictOptions):
+        self.files, self.cropper = files, FaceCropper(spec, options)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"index": index, **self.cropper(self.files[index])}
 
 
 def looks_like_a_face_crop(width: int, height: int) -> bool:
@@ -174,16 +185,20 @@ class Predictor:
             persistent_workers=False,
         )
         for crops, records in loader:
-            unit, quality = self._keypoints(crops) if len(crops) else (np.zeros((0, len(self.spec.keypoints), 2)), None)
-            face = 0
-            for record in records:
-                item = files[record["index"]]
-                result = ImageResult(item.name, record["status"], record["error"], record["width"], record["height"], source=item)
-                for box, score in zip(record["boxes"], record["scores"]):
-                    q = None if quality is None else float(quality[face])
-                    result.faces.append(FaceResult(box, score, from_unit(unit[face], box), q))
-                    face += 1
-                yield result
+            yield from self.results(crops, records, [files[r["index"]] for r in records])
+
+    def results(self, crops: torch.Tensor, records: list[dict], items: list[InputFile]) -> list[ImageResult]:
+        """Run the model on a batch's crops and map keypoints back into each record's image."""
+        unit, quality = self._keypoints(crops) if len(crops) else (np.zeros((0, len(self.spec.keypoints), 2)), None)
+        results, face = [], 0
+        for record, item in zip(records, items):
+            result = ImageResult(item.name, record["status"], record["error"], record["width"], record["height"], source=item)
+            for box, score in zip(record["boxes"], record["scores"]):
+                q = None if quality is None else float(quality[face])
+                result.faces.append(FaceResult(box, score, from_unit(unit[face], box), q))
+                face += 1
+            results.append(result)
+        return results
 
 
 def predict(paths, weights=None, *, device: str = "auto", recursive: bool = True, **options):

@@ -152,3 +152,22 @@ def test_output_never_replaces_an_input_and_annotations_stay_inside(tmp_path, ti
     assert result.exit_code == 0, result.output
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".jpg"]
     assert sorted(str(p.relative_to(tmp_path)) for p in written) == ["ann/face.jpg", "face.jpg"]
+
+
+def test_ctrl_c_flushes_whole_rows_says_how_to_resume_and_exits_130(tmp_path, tiny_weights):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(300):
+        (folder / f"face{i:03d}.jpg").symlink_to(FACE)
+    out = tmp_path / "out.csv"
+    process = subprocess.Popen([sys.executable, "-m", "fkpbatch", "predict", str(folder), "-w", str(tiny_weights), "-o", str(out),
+                                "--batch-size", "4", "--workers", "1", "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 5):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "--resume" in stderr and "Traceback" not in stderr
+    rows = _rows(out)
+    assert out.read_bytes().endswith(b"\n") and len(rows) == len(set(rows)) < 300

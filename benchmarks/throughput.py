@@ -1,0 +1,144 @@
+"""Throughput of fkpbatch on this machine: where the time goes, and how close end-to-end gets.
+
+    python benchmarks/throughput.py [--images 2000] [--json benchmarks/throughput.json]
+
+Measures images/s for (1) decode + crop/resize only, as predict does it, with the same workers
+(and decode + detect + crop), (2) the model alone on preloaded tensors at the default batch size,
+(3) `fkpbatch predict` end-to-end with --detect never and --detect auto, plus the peak memory (PSS) of
+the whole process tree. Inputs are faces15 photos (../shared/data), linked N times under new names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from fkpbatch.discover import discover
+from fkpbatch.engine import DEFAULT_WEIGHTS, ImageSource, PredictOptions, Predictor, _worker_init, collate_images
+from fkpbatch.runtime import cpu_count, default_workers
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_inputs(source: Path, count: int, folder: Path) -> Path:
+    photos = sorted(source.glob("*.jpg"))
+    for i in range(count):
+        (folder / f"{i:06d}.jpg").symlink_to(photos[i % len(photos)])
+    return folder
+
+
+def pipeline_rate(predictor: Predictor, folder: Path, options: PredictOptions) -> float:
+    """Images/s through the DataLoader stage alone (decode, [detect], crop), model skipped."""
+    files = discover([folder]).files
+    loader = DataLoader(ImageSource(files, predictor.spec, options), batch_size=options.batch_size, num_workers=options.workers,
+                        collate_fn=collate_images, worker_init_fn=_worker_init, prefetch_factor=4 if options.workers else None)
+    started = time.perf_counter()
+    for _ in loader:
+        pass
+    return len(files) / (time.perf_counter() - started)
+
+
+def model_rate(predictor: Predictor, batch_size: int, batches: int = 20) -> float:
+    size = predictor.spec.input_size
+    crops = torch.randint(0, 256, (batch_size, 1, size, size), dtype=torch.uint8)
+    torch.set_num_threads(cpu_count())
+    predictor._keypoints(crops)  # warm-up
+    started = time.perf_counter()
+    for _ in range(batches):
+        predictor._keypoints(crops)
+    return batch_size * batches / (time.perf_counter() - started)
+
+
+def _tree_memory_kb(root: int) -> int:
+    """Memory of a process and all its descendants (Linux /proc): the sum of their PSS, so pages
+    that forked DataLoader workers share with the main process are counted once, not per worker."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry))
+            except (OSError, IndexError):
+                continue
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack += children.get(pid, [])
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def end_to_end(folder: Path, count: int, weights: Path, extra: list[str]) -> dict:
+    """Run the real CLI; images/s from the wall clock, peak RSS sampled over the process tree."""
+    command = [sys.executable, "-m", "fkpbatch", "predict", str(folder), "-o", os.devnull, "--format", "csv", "--overwrite", "--quiet", "--weights", str(weights), *extra]
+    peak = 0
+    started = time.perf_counter()
+    process = subprocess.Popen(command)
+
+    def sample():
+        nonlocal peak
+        while process.poll() is None:
+            peak = max(peak, _tree_memory_kb(process.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    process.wait()
+    sampler.join()
+    seconds = time.perf_counter() - started
+    if process.returncode:
+        raise SystemExit(f"predict failed with exit code {process.returncode}")
+    return {"images_per_s": round(count / seconds, 1), "seconds": round(seconds, 1), "peak_memory_pss_mb": round(peak / 1024, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "throughput.json")
+    parser.add_argument("--skip-auto", action="store_true", help="only --detect never")
+    args = parser.parse_args()
+    source = args.data / "faces15" / "images"
+    if not source.is_dir():
+        raise SystemExit(f"needs the faces15 photos at {source}")
+    predictor = Predictor.load(args.weights, "auto")
+    options = PredictOptions(detect="never")
+    report = {
+        "machine": {"cpu_cores": cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "device": str(predictor.device), "torch": torch.__version__, "python": platform.python_version()},
+        "images": args.images, "workers": default_workers(), "batch_size": options.batch_size,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_inputs(source, args.images, Path(tmp))
+        report["decode_crop_only"] = round(pipeline_rate(predictor, folder, options), 1)
+        report["model_only"] = round(model_rate(predictor, options.batch_size), 1)
+        report["end_to_end_detect_never"] = end_to_end(folder, args.images, args.weights, ["--detect", "never"])
+        bound = min(report["decode_crop_only"], report["model_only"])
+        report["ratio_never_vs_min_stage"] = round(report["end_to_end_detect_never"]["images_per_s"] / bound, 3)
+        if not args.skip_auto:
+            report["decode_detect_crop_only"] = round(pipeline_rate(predictor, folder, PredictOptions(detect="auto")), 1)
+            report["end_to_end_detect_auto"] = end_to_end(folder, args.images, args.weights, [])
+            report["ratio_auto_vs_detect_stage"] = round(report["end_to_end_detect_auto"]["images_per_s"] / report["decode_detect_crop_only"], 3)
+    print(json.dumps(report, indent=2))
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
