@@ -76,6 +76,10 @@ def predict(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run: skip images already in -o FILE, append the rest.")] = False,
     shard: Annotated[Optional[str], typer.Option(help="K/N: process only shard K (0-based) of N, for job arrays.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any file failed.")] = False,
+    engine: Annotated[str, typer.Option(help="local | ray (a Ray Data job; -o is then a folder of shards).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
+    num_gpus: Annotated[float, typer.Option(help="With --engine ray: GPUs per keypoint actor.", min=0.0)] = 0.0,
+    concurrency: Annotated[int, typer.Option(help="With --engine ray: keypoint model actors (decoding runs as Ray tasks on the other CPUs).", min=1)] = 1,
     quiet: QuietOption = False,
 ):
     """Find facial keypoints in images and write one row per face (CSV on stdout by default)."""
@@ -90,6 +94,11 @@ def predict(
         request = BatchRequest(tuple(paths or ()), out, fmt, points, recursive, from_list, annotate, overwrite, resume)
         options = PredictOptions(detect, faces, min_score, min_face, max_pixels, batch_size, default_workers() if workers is None else workers)
         shard_spec = parse_shard(shard) if shard else None
+        if engine not in ("local", "ray"):
+            raise FkpError(f"--engine must be local or ray, not {engine!r}")
+        if engine == "ray":
+            _predict_with_ray(request, options, weights, device, ray_address, num_gpus, concurrency, quiet)
+            return
         predictor = Predictor.load(weights, device)
         progress = _progress(quiet)
         try:
@@ -108,6 +117,18 @@ def predict(
         err.print(summary.line(), highlight=False)
     if strict and summary.errors:
         raise typer.Exit(1)
+
+
+def _predict_with_ray(request, options, weights, device, address, num_gpus, concurrency, quiet) -> None:
+    from .ray_engine import run_ray
+
+    if request.out == "-":
+        raise FkpError("--engine ray writes shards into a folder: give -o DIR")
+    count = run_ray(list(request.paths), Path(request.out), weights=weights, options=options, fmt=request.fmt or "csv",
+                    points=request.points, recursive=request.recursive, from_list=request.from_list, address=address,
+                    num_gpus=num_gpus, concurrency=concurrency, device=device)
+    if not quiet:
+        err.print(f"{count} input files processed by Ray; shards in {request.out}", highlight=False)
 
 
 def _progress(quiet: bool):
