@@ -31,8 +31,9 @@ def annotation_path(name: str, root: Path) -> Path | None:
     return target
 
 
-def draw_result(result: ImageResult, keypoints: tuple[str, ...], root: Path) -> str | None:
-    """Write the annotated picture of ``result``; returns a warning instead of raising."""
+def draw_result(result: ImageResult, keypoints: tuple[str, ...], root: Path, drawn: set[str] | None = None) -> str | None:
+    """Write the annotated picture of ``result`` with the keypoints named in ``drawn`` (default
+    all); returns a warning instead of raising."""
     target = annotation_path(result.source.relative or result.image, root)
     if target is None:
         return f"{result.image}: annotated copy would land outside {root}; not written"
@@ -40,11 +41,13 @@ def draw_result(result: ImageResult, keypoints: tuple[str, ...], root: Path) -> 
         return f"{result.image}: annotated copy would overwrite the input; not written"
     image = load_image(result.source.path)
     draw = ImageDraw.Draw(image)
-    radius = max(1.5, max(image.size) / 400)
+    radius = max(2.0, max(image.size) / 250)
     for face in result.faces:
         x, y, w, h = face.box.as_list()
         draw.rectangle([x, y, x + w, y + h], outline=BOX, width=max(1, round(radius / 1.5)))
         for name, (px, py) in zip(keypoints, face.keypoints):
+            if drawn is not None and name not in drawn:
+                continue
             colour = LEFT if "left" in name else RIGHT if "right" in name else CENTRE
             draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=colour)
     target.parent.mkdir(parents=True, exist_ok=True)

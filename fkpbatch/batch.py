@@ -12,6 +12,7 @@ from .annotate import draw_result
 from .discover import discover
 from .engine import Predictor, PredictOptions
 from .errors import UsageError
+from .keypoints import IBUG_POINTS, points_for
 from .writers import ResultWriter, done_images, infer_format
 
 
@@ -77,7 +78,7 @@ def run_batch(
     shard: tuple[int, int] | None = None,
 ) -> Summary:
     """Run a whole prediction; ``on_start(total)`` and ``on_batch(n_done)`` drive a progress bar."""
-    if request.points == "68" and not set(f"p{i}" for i in range(68)) <= set(predictor.spec.keypoints):
+    if request.points == "68" and not set(IBUG_POINTS) <= set(predictor.spec.keypoints):
         raise UsageError("--points 68: these weights predict the 15 Kaggle points only")
     fmt = infer_format(request.out, request.fmt)
     found = discover(list(request.paths), recursive=request.recursive, from_list=request.from_list)
@@ -93,6 +94,7 @@ def run_batch(
         request.annotate.mkdir(parents=True, exist_ok=True)
     if on_start:
         on_start(len(todo))
+    drawn = set(points_for(request.points))
     started = time.perf_counter()
     pending = []
     with ResultWriter(request.out, fmt, predictor.spec.keypoints, request.points, append=request.resume) as writer:
@@ -101,7 +103,7 @@ def run_batch(
                 pending.append(result)
                 _count(summary, result)
                 if request.annotate is not None and result.faces:
-                    warning = draw_result(result, predictor.spec.keypoints, request.annotate)
+                    warning = draw_result(result, predictor.spec.keypoints, request.annotate, drawn)
                     if warning:
                         summary.warnings.append(warning)
                 if len(pending) >= options.batch_size:

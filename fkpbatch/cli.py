@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .detect import DEFAULT_MIN_SCORE
 from .errors import FkpError
 
 app = typer.Typer(
@@ -67,7 +68,7 @@ def predict(
     workers: WorkersOption = None,
     detect: DetectOption = "auto",
     faces: Annotated[str, typer.Option(help="all | largest (one face per image).")] = "all",
-    min_score: Annotated[float, typer.Option(help="Minimum face detection score.", min=0.0, max=1.0)] = 0.6,
+    min_score: Annotated[float, typer.Option(help="Minimum face detection score.", min=0.0, max=1.0)] = DEFAULT_MIN_SCORE,
     min_face: Annotated[int, typer.Option(help="Ignore detected faces smaller than this (box side, pixels).", min=0)] = 20,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs) as error rows.", min=1)] = 100_000_000,
     points: Annotated[str, typer.Option(help="15 (Kaggle keypoints) | 68 (adds iBUG p0_x..p67_y columns).")] = "15",

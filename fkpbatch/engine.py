@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import ModelSpec, load_model
 from .decode import DEFAULT_MAX_PIXELS, load_image
-from .detect import FaceDetector
+from .detect import DEFAULT_MIN_SCORE, FaceDetector
 from .discover import InputFile
 from .errors import DecodeError, UsageError, WeightsError
 from .keypoints import KAGGLE_POINTS
@@ -38,7 +38,7 @@ class PredictOptions:
 
     detect: str = "auto"
     faces: str = "all"
-    min_score: float = 0.6
+    min_score: float = DEFAULT_MIN_SCORE
     min_face: int = 20
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int = 64

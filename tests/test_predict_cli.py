@@ -135,3 +135,26 @@ def test_workers_give_the_same_rows_as_the_main_process(folder, tiny_weights):
 def test_version_and_module_entry_point():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("fkpbatch ")
+
+
+def test_python_api_returns_the_csv_as_a_dataframe(folder, tiny_weights):
+    import fkpbatch
+
+    frame = fkpbatch.predict(folder, tiny_weights, workers=0)
+    cli = pd.read_csv(io.StringIO(invoke(folder, "-w", tiny_weights, "--workers", "0", "-q").stdout))
+    assert list(frame.columns) == EXPECTED_COLUMNS
+    pd.testing.assert_frame_equal(frame, cli)
+
+
+def test_points_68_needs_weights_that_have_them(folder, tiny_weights):
+    result = invoke(folder, "-w", tiny_weights, "--points", "68")
+    assert result.exit_code == 2 and "predict the 15 Kaggle points only" in result.stderr
+
+
+def test_points_68_adds_the_ibug_columns(shipped_weights):
+    result = invoke(REPO / "examples" / "Celso_Lafer_12.jpg", "-w", shipped_weights, "--points", "68", "--workers", "0", "-q")
+    table = pd.read_csv(io.StringIO(result.stdout))
+    assert list(table.columns) == EXPECTED_COLUMNS + coordinate_columns([f"p{i}" for i in range(68)])
+    row = table.iloc[0]
+    assert row["p36_x"] < row["p45_x"]  # iBUG 36 is the outer corner of the eye on the image's left
+    assert abs(row["p30_x"] - row["nose_tip_x"]) < 3 and abs(row["p30_y"] - row["nose_tip_y"]) < 3
