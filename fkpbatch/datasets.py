@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class FaceTable:
     keypoints: tuple[str, ...]
     source: str
     kaggle: bool
+    paths: list[Path] = field(default_factory=list)  # the image files of a folder dataset
 
 
 def is_kaggle_csv(path: Path) -> bool:
@@ -85,15 +86,16 @@ def load_kaggle_csv(path: Path, *, with_labels: bool = True) -> FaceTable:
 
 
 def load_folder_csv(
-    path: Path, keypoints: tuple[str, ...], images_dir: Path | None = None, *, strict: bool = False, warn=print
+    path: Path, keypoints: tuple[str, ...], images_dir: Path | None = None, *, strict: bool = False, warn=print, decode: bool = True
 ) -> FaceTable:
-    """A CSV with ``image`` + keypoint columns in original pixels; images relative to the CSV."""
+    """A CSV with ``image`` + keypoint columns in original pixels; images beside the CSV or in
+    ``images/`` under it (or ``images_dir``). ``decode=False`` only checks that the files exist."""
     frame = _read_csv(path)
     if "image" not in frame.columns:
         raise DataError(f"{path}: no 'image' column (a folder dataset names each photo in 'image')")
     points = _coordinates(frame, path, keypoints)
     root = images_dir or path.parent
-    names, images, kept = [], [], []
+    names, images, paths, kept = [], [], [], []
     missing = []
     for row, name in enumerate(frame["image"].astype(str)):
         candidates = [root / name, root / "images" / name]
@@ -102,18 +104,20 @@ def load_folder_csv(
             missing.append(f"line {row + 2}: {name}")
             continue
         try:
-            images.append(load_image(found).convert("L"))
+            if decode:
+                images.append(load_image(found).convert("L"))
         except DecodeError as exc:
             missing.append(f"line {row + 2}: {name} ({exc})")
             continue
         names.append(name)
+        paths.append(found)
         kept.append(row)
     if missing:
         message = f"{path}: {len(missing)} image(s) missing or unreadable, e.g. {missing[0]}"
         if strict:
             raise DataError(message)
         warn(f"warning: {message}; skipped")
-    return FaceTable(names, points[kept], images, keypoints, str(path), kaggle=False)
+    return FaceTable(names, points[kept], images, keypoints, str(path), kaggle=False, paths=paths)
 
 
 def split_by_group(names: list[str], val_split: float, group_by: str | None, seed: int) -> np.ndarray:

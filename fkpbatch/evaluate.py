@@ -71,10 +71,9 @@ def evaluate_checkpoint(
         pred, quality = _kaggle_predictions(predictor, [table.images[r] for r in rows])
         labels, scale, missed = table.points[rows], np.ones(len(rows)), 0
     else:
-        table = load_folder_csv(data, KAGGLE_POINTS)
+        table = load_folder_csv(data, KAGGLE_POINTS, decode=False)
         rows = _holdout_rows(table.names, holdout)
-        root = data.parent
-        files = [InputFile(_image_path(root, table.names[r]), table.names[r], False) for r in rows]
+        files = [InputFile(table.paths[r], table.names[r], False) for r in rows]
         results = list(predictor.predict_paths(files, options or PredictOptions()))
         labels = table.points[rows]
         pred, quality, missed = _match_faces(results, _expand(labels, names), names)
@@ -101,11 +100,6 @@ def _expand(labels: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
     for i, n in enumerate(KAGGLE_POINTS):
         out[:, names.index(n)] = labels[:, i]
     return out
-
-
-def _image_path(root: Path, name: str) -> Path:
-    direct = root / name
-    return direct if direct.exists() else root / "images" / name
 
 
 def _holdout_rows(image_names: list[str], run_dir: Path | None) -> np.ndarray:
