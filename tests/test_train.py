@@ -133,3 +133,16 @@ def test_missing_columns_are_named(tmp_path, kaggle_csv):
     frame.to_csv(bad, index=False)
     with pytest.raises(DataError, match="missing keypoint columns nose_tip_y"):
         load_kaggle_csv(bad)
+
+
+def test_group_split_keeps_each_person_on_one_side():
+    from fkpbatch.datasets import split_by_group
+
+    names = [f"{person}_{frame:02d}.jpg" for person in ("Abdel_Aziz_Al-Hakim", "Celso_Lafer", "Kate_Moss", "X_Y_Z") for frame in range(30)]
+    mask = split_by_group(names, 0.5, r"^(.+)_[^_]+$", seed=3)
+    by_person = {}
+    for name, is_val in zip(names, mask):
+        by_person.setdefault(name.rsplit("_", 1)[0], set()).add(bool(is_val))
+    assert all(len(sides) == 1 for sides in by_person.values())
+    assert {True, False} <= set().union(*by_person.values())  # both sides used
+    assert (split_by_group(names, 0.5, r"^(.+)_[^_]+$", seed=3) == mask).all()
