@@ -18,9 +18,8 @@ from .decode import DEFAULT_MAX_PIXELS, load_image
 from .detect import DEFAULT_MIN_SCORE, FaceDetector
 from .discover import InputFile
 from .errors import DecodeError, UsageError, WeightsError
-from .keypoints import KAGGLE_POINTS
 from .runtime import autocast, cpu_count, default_workers, resolve_device, to_model_input
-from .transforms import FRAMING_POINTS, Box, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
+from .transforms import Box, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "fkpnet68.pt"
 DETECT_MODES = ("auto", "always", "never")

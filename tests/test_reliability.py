@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -135,7 +134,7 @@ def test_resume_cuts_a_torn_last_line(tmp_path, tiny_weights):
     assert out.read_text() == whole
 
 
-def test_output_never_replaces_an_input_and_annotations_stay_inside(tmp_path, tiny_weights):
+def test_output_never_replaces_an_input_and_annotations_stay_inside(tmp_path, tiny_weights, monkeypatch):
     target = tmp_path / "face.jpg"
     shutil.copy(FACE, target)
     result = runner.invoke(app, ["predict", str(target), "-w", str(tiny_weights), "-o", str(target), "--overwrite"])
@@ -144,14 +143,21 @@ def test_output_never_replaces_an_input_and_annotations_stay_inside(tmp_path, ti
     annotated = tmp_path / "ann"
     relative = os.path.relpath(target, tmp_path / "deep" / "er")
     (tmp_path / "deep" / "er").mkdir(parents=True)
-    os.chdir(tmp_path / "deep" / "er")
-    try:
-        result = runner.invoke(app, ["predict", relative, "-w", str(tiny_weights), "--workers", "0", "-q", "--annotate", str(annotated)])
-    finally:
-        os.chdir(REPO)
-    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(tmp_path / "deep" / "er")
+    result = runner.invoke(app, ["predict", relative, "-w", str(tiny_weights), "--workers", "0", "-q", "--annotate", str(annotated)])
+    assert result.exit_code == 0, result.output  # "../../face.jpg" lands at ann/face.jpg, not outside
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".jpg"]
     assert sorted(str(p.relative_to(tmp_path)) for p in written) == ["ann/face.jpg", "face.jpg"]
+
+
+def test_annotating_into_the_input_tree_never_overwrites_an_input(tmp_path, tiny_weights, monkeypatch):
+    (tmp_path / "faces").mkdir()
+    shutil.copy(FACE, tmp_path / "faces" / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["predict", "faces", "-w", str(tiny_weights), "--workers", "0", "--annotate", "."])
+    assert result.exit_code == 0
+    assert "would overwrite the input; not written" in result.stderr
+    assert (tmp_path / "faces" / "a.jpg").read_bytes() == FACE.read_bytes()
 
 
 def test_ctrl_c_flushes_whole_rows_says_how_to_resume_and_exits_130(tmp_path, tiny_weights):
