@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 from .decode import load_image
 from .errors import DataError, DecodeError
 from .keypoints import KAGGLE_POINTS, coordinate_columns
-from .transforms import FRAMING_POINTS, Box, Framing, TrainAugment, box_from_points, crop_face, to_unit, to_uint8_tensor
+from .augment import TrainAugment
+from .transforms import FRAMING_POINTS, Box, Framing, box_from_points, crop_face, to_unit, to_uint8_tensor
 
 KAGGLE_SIZE = 96
 

@@ -146,9 +146,7 @@ class Predictor:
     """A loaded keypoint model; build once, then call :meth:`predict_paths` on any number of files."""
 
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: torch.device):
-        self.model, self.spec, self.device = model.to(device), spec, device
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model, self.spec, self.device = model.to(device, memory_format=torch.channels_last), spec, device
 
     @classmethod
     def load(cls, weights: str | Path | None = None, device: str = "auto") -> "Predictor":
@@ -172,7 +170,7 @@ class Predictor:
         files = list(files)
         if not files:
             return
-        torch.set_num_threads(max(1, cpu_count() - (options.workers > 0)))
+        torch.set_num_threads(cpu_count())
         loader = DataLoader(
             ImageSource(files, self.spec, options),
             batch_size=options.batch_size,

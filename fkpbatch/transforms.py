@@ -9,10 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-
-from .keypoints import flip_permutation
 
 # The five points a detector gives and a framing is built from (Kaggle names).
 FRAMING_POINTS = ("left_eye_center", "right_eye_center", "nose_tip", "mouth_left_corner", "mouth_right_corner")
@@ -87,46 +83,3 @@ def from_unit(unit: np.ndarray, box: Box) -> np.ndarray:
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     """A grayscale PIL crop as a (1, H, W) uint8 tensor; normalisation happens on the device."""
     return torch.from_numpy(np.asarray(image.convert("L"), dtype=np.uint8).copy()).unsqueeze(0)
-
-
-def hflip_with_swap(image: torch.Tensor, unit_points: torch.Tensor, permutation: list[int]):
-    """Mirror a crop and its unit keypoints, re-labelling left and right (its own inverse)."""
-    flipped = unit_points[permutation].clone()
-    flipped[:, 0] = 1.0 - flipped[:, 0]
-    return image.flip(-1), flipped
-
-
-class TrainAugment:
-    """The seed's augmentation (flip with left/right swap, brightness up/down), optionally
-    vertical flips and, with ``strong``, rotation/scale/shift via torchvision.transforms.v2."""
-
-    def __init__(self, names, *, strong: bool = False, vflip: bool = False, generator: torch.Generator | None = None):
-        self.permutation = flip_permutation(names)
-        self.vflip = vflip
-        self.generator = generator
-        self.brightness = v2.ColorJitter(brightness=0.4, contrast=0.3 if strong else 0.0)
-        self.geometry = (
-            v2.RandomAffine(degrees=25, translate=(0.06, 0.06), scale=(0.85, 1.15)) if strong else None
-        )
-
-    def _coin(self) -> bool:
-        return bool(torch.rand((), generator=self.generator) < 0.5)
-
-    def __call__(self, image: torch.Tensor, unit_points: torch.Tensor):
-        """``image``: (1, H, W) uint8; ``unit_points``: (K, 2) float, NaN where missing."""
-        if self._coin():
-            image, unit_points = hflip_with_swap(image, unit_points, self.permutation)
-        if self.vflip and self._coin():
-            image = image.flip(-2)
-            unit_points = unit_points.clone()
-            unit_points[:, 1] = 1.0 - unit_points[:, 1]
-        if self.geometry is not None:
-            size = image.shape[-1]
-            missing = torch.isnan(unit_points)
-            points = tv_tensors.KeyPoints(
-                torch.nan_to_num(unit_points * size - 0.5, nan=0.0), canvas_size=(size, size)
-            )
-            image, points = self.geometry(tv_tensors.Image(image), points)
-            unit_points = (points.as_subclass(torch.Tensor) + 0.5) / size
-            unit_points[missing] = float("nan")
-        return self.brightness(image.as_subclass(torch.Tensor)), unit_points

@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from fkpbatch.keypoints import KAGGLE_POINTS, flip_permutation, mirror_name
-from fkpbatch.transforms import Box, Framing, box_from_points, crop_face, from_unit, hflip_with_swap, to_unit, whole_image_box
+from fkpbatch.augment import hflip_with_swap
+from fkpbatch.transforms import Box, Framing, box_from_points, crop_face, from_unit, to_unit, whole_image_box
 
 
 def test_box_from_points_exact_numbers():
