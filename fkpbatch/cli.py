@@ -29,6 +29,7 @@ WeightsOption = Annotated[Optional[Path], typer.Option("--weights", "-w", help="
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if available, else MPS, else CPU) | cpu | cuda | mps.")]
 WorkersOption = Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: min(4, cores)).", min=0)]
 BatchOption = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.", min=1)]
+RuntimeOption = Annotated[str, typer.Option(help="auto (onnxruntime on the CPU, PyTorch on a GPU) | torch | onnxruntime.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")]
 DetectOption = Annotated[str, typer.Option(help="auto: detect faces; an image <= 400 px with none found is taken as one tight face crop. always: detect only. never: the whole image is one face (Kaggle-style crops).")]
 
@@ -63,6 +64,7 @@ def predict(
     recursive: Annotated[bool, typer.Option(help="Walk folders recursively.")] = True,
     weights: WeightsOption = None,
     device: DeviceOption = "auto",
+    runtime: RuntimeOption = "auto",
     batch_size: BatchOption = 64,
     workers: WorkersOption = None,
     detect: DetectOption = "auto",
@@ -99,7 +101,7 @@ def predict(
         if engine == "ray":
             _predict_with_ray(request, options, weights, device, ray_address, num_gpus, concurrency, quiet)
             return
-        predictor = Predictor.load(weights, device)
+        predictor = Predictor.load(weights, device, runtime)
         progress = _progress(quiet)
         try:
             with progress:
@@ -257,6 +259,22 @@ def merge(
         shards = ", ".join(f"shard {k}/{len(outputs)}: {n} missing" for k, n in report["incomplete_shards"].items())
         err.print(f"[yellow]incomplete:[/yellow] {len(report['missing'])} images not in any shard output ({shards}); rerun those shards with --resume", highlight=False)
         raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    onnx: Annotated[Path, typer.Option(help="ONNX file to write (input: uint8 crops N x 1 x S x S; outputs: keypoints in crop units, quality).")],
+    weights: WeightsOption = None,
+):
+    """Export a keypoint model to ONNX, for other runtimes."""
+    from .checkpoint import load_model
+    from .engine import DEFAULT_WEIGHTS
+    from .export import export_onnx
+
+    with _clean_errors():
+        model, spec = load_model(weights or DEFAULT_WEIGHTS)
+        export_onnx(model, spec, onnx)
+    err.print(f"wrote {onnx} ({spec.arch}, {len(spec.keypoints)} keypoints, input {spec.input_size}x{spec.input_size} uint8)", highlight=False)
 
 
 @app.command()

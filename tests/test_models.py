@@ -24,3 +24,27 @@ def test_every_registered_model_maps_a_batch_to_unit_keypoints(name):
 def test_unknown_architecture_names_the_choices():
     with pytest.raises(UnknownModelError, match="unknown arch 'resnet9000'; choose from .*fkpnet.*seed"):
         create_model("resnet9000")
+
+
+def test_onnxruntime_and_torch_paths_agree(tiny_weights):
+    from fkpbatch.engine import Predictor
+
+    crops = torch.randint(0, 256, (5, 1, 48, 48), dtype=torch.uint8)
+    onnx_points, onnx_quality = Predictor.load(tiny_weights, "cpu", "onnxruntime")._keypoints(crops)
+    torch_points, torch_quality = Predictor.load(tiny_weights, "cpu", "torch")._keypoints(crops)
+    assert onnx_points.shape == (5, 15, 2)
+    assert abs(onnx_points - torch_points).max() < 1e-4 and abs(onnx_quality - torch_quality).max() < 1e-4
+
+
+def test_export_writes_a_model_onnxruntime_runs(tiny_weights, tmp_path):
+    import onnxruntime
+    from typer.testing import CliRunner
+
+    from fkpbatch.cli import app
+
+    target = tmp_path / "model.onnx"
+    result = CliRunner().invoke(app, ["export", "--onnx", str(target), "-w", str(tiny_weights)])
+    assert result.exit_code == 0, result.output
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    keypoints, quality = session.run(None, {"images": torch.zeros(3, 1, 48, 48, dtype=torch.uint8).numpy()})
+    assert keypoints.shape == (3, 15, 2) and quality.shape == (3,)

@@ -1,0 +1,58 @@
+"""ONNX export of a keypoint model, and the onnxruntime session that runs it on the CPU, where it
+measured 1.5x faster than PyTorch for fkpnet (benchmarks/RESULTS.md)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import ModelSpec
+from .runtime import cpu_count
+
+
+class _UInt8Graph(nn.Module):
+    """Takes uint8 crops like the torch path and returns keypoints (and quality) only."""
+
+    def __init__(self, model: nn.Module, pixel_scale: float):
+        super().__init__()
+        self.model, self.pixel_scale = model, pixel_scale
+
+    def forward(self, images: torch.Tensor):
+        out = self.model(images.float() / self.pixel_scale)
+        return (out["keypoints"], out["quality"]) if "quality" in out else (out["keypoints"],)
+
+
+def export_onnx(model: nn.Module, spec: ModelSpec, target: Path | io.BytesIO) -> None:
+    """Write ``model`` as ONNX: input ``images`` uint8 (N, 1, S, S); outputs ``keypoints`` (N, K, 2)
+    in unit coordinates of the crop and, for heatmap models, ``quality`` (N,)."""
+    graph = _UInt8Graph(model, spec.pixel_scale).eval()
+    was_training = model.training
+    dummy = torch.zeros(2, 1, spec.input_size, spec.input_size, dtype=torch.uint8)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outputs = ["keypoints", "quality"][: len(graph(dummy))]
+        torch.onnx.export(graph, (dummy,), target, input_names=["images"], output_names=outputs, opset_version=17,
+                          dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}}, dynamo=False)
+    model.train(was_training)  # the exporter restores the wrapper's mode onto the model
+
+
+class OnnxKeypoints:
+    """Runs an exported model with onnxruntime; same inputs and outputs as the torch path."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec):
+        import onnxruntime as ort
+
+        buffer = io.BytesIO()
+        export_onnx(model, spec, buffer)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cpu_count()
+        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self.session.run(None, {"images": crops.numpy()})
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
