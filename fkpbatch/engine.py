@@ -83,13 +83,17 @@ class FaceCropper:
         width, height = image.size
         if self.detector is None:
             return [(whole_image_box(width, height), None)]
-        small = max(width, height) <= CROP_FALLBACK_SIDES[1]
-        found = [d for d in self.detector.detect(image, pad=0.25 if small else 0.0) if min(d.box[2:]) >= self.options.min_face]
+        found = self._detect(image)
+        if not found and max(width, height) <= CROP_FALLBACK_SIDES[1]:
+            found = self._detect(image, pad=0.25)  # a face filling the picture: give it a border
         if not found:
             return [(whole_image_box(width, height), None)] if self.options.detect == "auto" and looks_like_a_face_crop(width, height) else []
         if self.options.faces == "largest":
             found = [max(found, key=lambda d: d.box[2] * d.box[3])]
         return [(box_from_points(d.landmarks[_DETECTOR_TO_FRAMING], self.spec.framing), d.score) for d in found]
+
+    def _detect(self, image, pad: float = 0.0):
+        return [d for d in self.detector.detect(image, pad=pad) if min(d.box[2:]) >= self.options.min_face]
 
     def __call__(self, item: InputFile) -> dict:
         """A record: status, error, width, height, boxes, scores and the (F, 1, S, S) uint8 crops."""
@@ -163,7 +167,11 @@ class Predictor:
         if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu"):
             from .export import OnnxKeypoints
 
-            self.onnx = OnnxKeypoints(model, spec)
+            try:
+                self.onnx = OnnxKeypoints(model, spec)
+            except Exception as exc:  # noqa: BLE001 - e.g. an op the exporter lacks: PyTorch still runs it
+                if runtime == "onnxruntime":
+                    raise UsageError(f"--runtime onnxruntime: {spec.arch} cannot be exported to ONNX ({type(exc).__name__})") from None
 
     @classmethod
     def load(cls, weights: str | Path | None = None, device: str = "auto", runtime: str = "auto") -> "Predictor":

@@ -48,3 +48,20 @@ def test_export_writes_a_model_onnxruntime_runs(tiny_weights, tmp_path):
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     keypoints, quality = session.run(None, {"images": torch.zeros(3, 1, 48, 48, dtype=torch.uint8).numpy()})
     assert keypoints.shape == (3, 15, 2) and quality.shape == (3,)
+
+
+def test_auto_runtime_falls_back_to_torch_when_export_fails(tmp_path):
+    from fkpbatch.checkpoint import ModelSpec, save_checkpoint
+    from fkpbatch.engine import Predictor
+    from fkpbatch.errors import UsageError
+    from fkpbatch.keypoints import KAGGLE_POINTS
+    from fkpbatch.transforms import Framing
+
+    spec = ModelSpec("seed", KAGGLE_POINTS, 96, Framing())  # adaptive pooling: no dynamic-batch ONNX export
+    path = tmp_path / "seed.pt"
+    save_checkpoint(path, spec, spec.build())
+    predictor = Predictor.load(path, "cpu", "auto")
+    points, quality = predictor._keypoints(torch.zeros(2, 1, 96, 96, dtype=torch.uint8))
+    assert points.shape == (2, 15, 2) and quality is None
+    with pytest.raises(UsageError, match="cannot be exported to ONNX"):
+        Predictor.load(path, "cpu", "onnxruntime")
