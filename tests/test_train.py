@@ -146,3 +146,24 @@ def test_group_split_keeps_each_person_on_one_side():
     assert all(len(sides) == 1 for sides in by_person.values())
     assert {True, False} <= set().union(*by_person.values())  # both sides used
     assert (split_by_group(names, 0.5, r"^(.+)_[^_]+$", seed=3) == mask).all()
+
+
+def test_folder_csv_training_feeds_predict_with_68_points(tmp_path):
+    data = need_data("faces15")
+    labels = pd.read_csv(data / "keypoints.csv").head(12)
+    folder = tmp_path / "set"
+    (folder / "images").mkdir(parents=True)
+    for name in labels["image"]:
+        (folder / "images" / name).symlink_to(data / "images" / name)
+    labels.loc[len(labels)] = ["missing_00.jpg"] + [1.0] * (labels.shape[1] - 1)  # a row whose photo is gone
+    labels.to_csv(folder / "keypoints.csv", index=False)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(folder / "keypoints.csv"), "--arch", "fkpnet_tiny", "--points", "68", "--epochs", "1",
+                                 "--workers", "0", "--val-split", "0.25", "-o", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "1 image(s) missing or unreadable, e.g. line 14: missing_00.jpg" in result.stderr
+    assert json.loads((run / "config.json").read_text())["loss"] == "l1"  # folder data: the fkpnet recipe
+    result = runner.invoke(app, ["predict", str(folder / "images"), "-w", str(run / "best.pt"), "--points", "68", "--workers", "0", "-q"])
+    assert result.exit_code == 0 and "p67_y" in result.stdout.splitlines()[0]
+    strict = runner.invoke(app, ["train", str(folder / "keypoints.csv"), "--strict", "--epochs", "1", "-o", str(tmp_path / "r2")])
+    assert strict.exit_code == 2 and "missing_00.jpg" in strict.stderr
