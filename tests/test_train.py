@@ -167,3 +167,10 @@ def test_folder_csv_training_feeds_predict_with_68_points(tmp_path):
     assert result.exit_code == 0 and "p67_y" in result.stdout.splitlines()[0]
     strict = runner.invoke(app, ["train", str(folder / "keypoints.csv"), "--strict", "--epochs", "1", "-o", str(tmp_path / "r2")])
     assert strict.exit_code == 2 and "missing_00.jpg" in strict.stderr
+
+
+def test_a_diverging_loss_stops_with_the_epoch_and_batch(kaggle_csv, tmp_path):
+    result = runner.invoke(app, ["train", str(kaggle_csv), "--arch", "fkpnet_tiny", "--lr", "1e30", "--epochs", "2", "-b", "8",
+                                 "--workers", "0", "-o", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 1
+    assert "loss became" in result.stderr and "at epoch 1, batch" in result.stderr and "Traceback" not in result.output
