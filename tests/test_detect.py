@@ -66,12 +66,14 @@ def test_keypoints_land_back_on_the_pasted_faces(composite, shipped_weights):
     result = runner.invoke(app, ["predict", str(path), "-w", str(shipped_weights), "--workers", "0", "-q"])
     table = pd.read_csv(io.StringIO(result.stdout))
     assert table["face"].tolist() == [0, 1, 2, 3] and (table["status"] == "ok").all()
+    errors = []
     for (_, row), points in zip(table.iterrows(), truth):  # faces come left to right
         predicted = row[coordinate_columns(KAGGLE_POINTS)].to_numpy(float).reshape(15, 2)
         outer = np.linalg.norm(points[3] - points[5])  # outer eye corners
-        nme = np.linalg.norm(predicted - points, axis=1).mean() / outer
-        assert nme < 0.08, (row["image"], nme)
+        errors.append(np.linalg.norm(predicted - points, axis=1).mean() / outer)
         assert predicted[0, 0] > predicted[1, 0]  # the subject's left eye is on the image's right
+    # measured with the shipped weights: 2.3, 2.8, 2.5 and 5.7 % (the small face), mean 3.3 %
+    assert max(errors) < 0.08 and np.mean(errors) < 0.05, errors
 
 
 def test_an_image_without_a_face_gives_one_no_face_row(tmp_path, tiny_weights):
