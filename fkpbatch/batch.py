@@ -108,12 +108,14 @@ def run_batch(
                         summary.warnings.append(warning)
                 if len(pending) >= options.batch_size:
                     writer.write(pending)
-                    on_batch and on_batch(len(pending))
+                    if on_batch:
+                        on_batch(len(pending))
                     pending = []
         finally:  # Ctrl-C or an error: what was predicted is still written, as whole rows
             writer.write(pending)
             summary.seconds = time.perf_counter() - started
-    on_batch and on_batch(len(pending))
+    if on_batch:
+        on_batch(len(pending))
     return summary
 
 
