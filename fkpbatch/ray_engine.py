@@ -22,7 +22,7 @@ from .discover import InputFile, discover
 from .engine import DEFAULT_WEIGHTS, FaceCropper, Predictor, PredictOptions
 from .errors import UsageError
 from .transforms import Box
-from .writers import columns_for, result_rows
+from .writers import RowLayout
 
 RAY_FORMATS = ("csv", "jsonl", "parquet")
 
@@ -52,8 +52,7 @@ class _KeypointActor:
 
     def __init__(self, weights: str, device: str, points: str):
         self.predictor = Predictor.load(weights, device)
-        self.points = points
-        self.columns = columns_for(self.predictor.spec.keypoints, points)
+        self.layout = RowLayout(self.predictor.spec.keypoints, points)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         size = self.predictor.spec.input_size
@@ -65,10 +64,10 @@ class _KeypointActor:
         ]
         items = [_item(r) for r in batch[["path", "name", "skip", "relative"]].to_dict("records")]
         rows = [row for result in self.predictor.results(crops, records, items) if result.status != "skipped"
-                for row in result_rows(result, self.predictor.spec.keypoints, self.columns)]
-        frame = pd.DataFrame(rows, columns=self.columns)
+                for row in self.layout.rows(result)]
+        frame = pd.DataFrame(rows, columns=self.layout.columns)
         text = ["image", "status", "error"]
-        numbers = [c for c in self.columns if c not in text]
+        numbers = [c for c in self.layout.columns if c not in text]
         frame[numbers] = frame[numbers].apply(pd.to_numeric, errors="coerce").astype("float64")  # "" -> NaN: one Arrow type per column
         return frame.astype({c: str for c in text})
 

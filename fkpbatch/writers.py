@@ -33,36 +33,46 @@ def _number(value, digits: int = 2):
     return "" if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), digits)
 
 
-def result_rows(result: ImageResult, keypoints: tuple[str, ...], columns: list[str]) -> list[list]:
-    """One row per face (or one row for an image without faces), aligned with ``columns``."""
-    head = [result.image, 0, result.status, result.error.replace("\n", " "), result.width or "", result.height or ""]
-    wanted = [keypoints.index(n[:-2]) if n[:-2] in keypoints else None for n in columns[len(BASE_COLUMNS):]]
-    if not result.faces:
-        return [head + [""] * (len(columns) - len(head))]
-    rows = []
-    for index, face in enumerate(result.faces):
-        flat = face.keypoints.reshape(-1)
-        values = []
-        for name, point in zip(columns[len(BASE_COLUMNS):], wanted):
-            if name == "quality":
-                values.append(_number(face.quality, 3))
-            else:
-                values.append("" if point is None else _number(flat[2 * point + (name[-1] == "y")]))
-        rows.append([result.image, index, result.status, "", result.width, result.height, _number(face.score, 4),
-                     *(_number(v) for v in face.box.as_list()), *values])
-    return rows
+class RowLayout:
+    """How results become CSV rows and JSON objects for one model and ``--points`` choice.
 
+    Built once per run, so the column-to-keypoint lookup is not redone for every image.
+    """
 
-def result_object(result: ImageResult, keypoints: tuple[str, ...], columns: list[str]) -> dict:
-    """The JSON object of one image: ``{image, width, height, status, error, faces: [...]}``."""
-    names = [c[:-2] for c in columns if c.endswith("_x")]
-    faces = []
-    for face in result.faces:
-        points = {n: [_number(x), _number(y)] for n, (x, y) in zip(keypoints, face.keypoints) if n in names}
-        faces.append({"box": [_number(v) for v in face.box.as_list()], "score": _number(face.score, 4),
-                      "quality": _number(face.quality, 3), "keypoints": points})
-    return {"image": result.image, "width": result.width, "height": result.height, "status": result.status,
-            "error": result.error, "faces": faces}
+    def __init__(self, keypoints: tuple[str, ...], points: str = "15"):
+        self.columns = columns_for(keypoints, points)
+        position = {name: i for i, name in enumerate(keypoints)}
+        # per column after the base ones: "quality", or the flat (x, y, x, y, ...) index, or None
+        self._cells = [
+            "quality" if c == "quality" else (2 * position[c[:-2]] + (c[-1] == "y") if c[:-2] in position else None)
+            for c in self.columns[len(BASE_COLUMNS):]
+        ]
+        written = {c[:-2] for c in self.columns if c.endswith("_x")}
+        self._json_points = [(n, i) for i, n in enumerate(keypoints) if n in written]
+
+    def rows(self, result: ImageResult) -> list[list]:
+        """One row per face (or one row for an image without faces), aligned with ``columns``."""
+        head = [result.image, 0, result.status, result.error.replace("\n", " "), result.width or "", result.height or ""]
+        if not result.faces:
+            return [head + [""] * (len(self.columns) - len(head))]
+        rows = []
+        for index, face in enumerate(result.faces):
+            flat = face.keypoints.reshape(-1)
+            values = [_number(face.quality, 3) if cell == "quality" else ("" if cell is None else _number(flat[cell]))
+                      for cell in self._cells]
+            rows.append([result.image, index, result.status, "", result.width, result.height, _number(face.score, 4),
+                         *(_number(v) for v in face.box.as_list()), *values])
+        return rows
+
+    def object(self, result: ImageResult) -> dict:
+        """The JSON object of one image: ``{image, width, height, status, error, faces: [...]}``."""
+        faces = []
+        for face in result.faces:
+            points = {n: [_number(face.keypoints[i, 0]), _number(face.keypoints[i, 1])] for n, i in self._json_points}
+            faces.append({"box": [_number(v) for v in face.box.as_list()], "score": _number(face.score, 4),
+                          "quality": _number(face.quality, 3), "keypoints": points})
+        return {"image": result.image, "width": result.width, "height": result.height, "status": result.status,
+                "error": result.error, "faces": faces}
 
 
 def infer_format(out: str, fmt: str | None) -> str:
@@ -79,8 +89,8 @@ class ResultWriter:
     """Writes results in ``fmt`` to ``out`` (``-`` = stdout); use as a context manager."""
 
     def __init__(self, out: str, fmt: str, keypoints: tuple[str, ...], points: str = "15", *, append: bool = False):
-        self.out, self.fmt, self.keypoints = out, fmt, keypoints
-        self.columns = columns_for(keypoints, points)
+        self.out, self.fmt = out, fmt
+        self.layout = RowLayout(keypoints, points)
         self.path = None if out == "-" else Path(out)
         self.rows_written = 0
         self._first_json = True
@@ -94,7 +104,7 @@ class ResultWriter:
             self._stream = open(self.path, "ab" if append else "wb", buffering=0)
         has_header = append and self.path is not None and self.path.stat().st_size > 0
         if fmt == "csv" and not has_header:
-            self._write(self._csv_text([self.columns]))
+            self._write(self._csv_text([self.layout.columns]))
         elif fmt == "json":
             self._write("[\n")
 
@@ -116,10 +126,10 @@ class ResultWriter:
         if not results:
             return
         if self.fmt == "csv":
-            rows = [row for r in results for row in result_rows(r, self.keypoints, self.columns)]
+            rows = [row for r in results for row in self.layout.rows(r)]
             self._write(self._csv_text(rows))
         else:
-            lines = [json.dumps(result_object(r, self.keypoints, self.columns), ensure_ascii=False) for r in results]
+            lines = [json.dumps(self.layout.object(r), ensure_ascii=False) for r in results]
             if self.fmt == "jsonl":
                 self._write("".join(line + "\n" for line in lines))
             else:
@@ -163,6 +173,6 @@ def done_images(path: Path, fmt: str) -> set[str]:
 
 def results_frame(results: Iterable[ImageResult], keypoints: tuple[str, ...], points: str = "15") -> pd.DataFrame:
     """Results as a DataFrame with exactly the CSV's columns and dtypes (for the Python API)."""
-    columns = columns_for(keypoints, points)
-    rows = [row for r in results if r.status != "skipped" for row in result_rows(r, keypoints, columns)]
-    return pd.read_csv(io.StringIO(ResultWriter._csv_text([columns] + rows)), keep_default_na=False, na_values=[""])
+    layout = RowLayout(keypoints, points)
+    rows = [row for r in results if r.status != "skipped" for row in layout.rows(r)]
+    return pd.read_csv(io.StringIO(ResultWriter._csv_text([layout.columns] + rows)), keep_default_na=False, na_values=[""])
