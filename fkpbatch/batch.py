@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from .annotate import draw_result
-from .discover import discover
+from .discover import InputFile, discover
 from .engine import Predictor, PredictOptions
 from .errors import UsageError
 from .keypoints import IBUG_POINTS, points_for
@@ -50,14 +50,14 @@ class Summary:
                 f"{self.skipped} skipped (not images or hidden){done}; {self.rate:.1f} images/s")
 
 
-def _check_output(request: BatchRequest, fmt: str, inputs: set[Path]) -> set[str]:
+def _check_output(request: BatchRequest, fmt: str, inputs: list[InputFile]) -> set[str]:
     """Refuse to clobber: an existing output needs --overwrite or --resume; never an input file."""
     if request.out == "-":
         if request.resume:
             raise UsageError("--resume needs an output file (-o FILE)")
         return set()
     out = Path(request.out)
-    if out.resolve() in inputs:
+    if out.resolve() in {f.path.resolve() for f in inputs}:
         raise UsageError(f"{out} is one of the input files; choose another output")
     if out.is_dir():
         raise UsageError(f"{out} is a folder; -o takes a file name")
@@ -87,7 +87,7 @@ def run_batch(
         from .shard import select_shard
 
         files = select_shard(files, *shard)
-    done = _check_output(request, fmt, {f.path.resolve() for f in files})
+    done = _check_output(request, fmt, files)
     todo = [f for f in files if f.name not in done]
     summary = Summary(skipped=found.hidden, resumed=len(files) - len(todo))
     if request.annotate is not None:
