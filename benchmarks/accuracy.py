@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fkpbatch.datasets import split_by_group
+from fkpbatch.evaluate import nearest_face
 from fkpbatch.keypoints import KAGGLE_POINTS, coordinate_columns
 from fkpbatch.metrics import FAILURE_NME, nme_per_face
 
@@ -49,7 +50,6 @@ def predict_csv(files: list[Path], weights: Path | None, extra: list[str]) -> tu
 def score(labels: pd.DataFrame, predictions: pd.DataFrame, image_dir: Path) -> dict:
     columns = coordinate_columns(KAGGLE_POINTS)
     truth = labels[columns].to_numpy(float).reshape(-1, 15, 2)
-    eyes = truth[:, :2].mean(1)
     by_image = {name: group for name, group in predictions.groupby("image")}
     pred = np.full_like(truth, np.nan)
     quality = np.full(len(labels), np.nan)
@@ -58,7 +58,7 @@ def score(labels: pd.DataFrame, predictions: pd.DataFrame, image_dir: Path) -> d
         if group is None or (group["status"] != "ok").all():
             continue
         faces = group[columns].to_numpy(float).reshape(-1, 15, 2)
-        best = np.argmin(np.linalg.norm(faces[:, :2].mean(1) - eyes[i], axis=1))  # the labelled face
+        best = nearest_face(faces, truth[i], KAGGLE_POINTS)  # the labelled face
         pred[i], quality[i] = faces[best], group["quality"].to_numpy(float)[best]
     found = np.isfinite(pred).all(axis=(1, 2))
     nme = nme_per_face(pred[found], truth[found], KAGGLE_POINTS)

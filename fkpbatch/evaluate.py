@@ -35,9 +35,15 @@ def _kaggle_predictions(predictor: Predictor, images) -> tuple[np.ndarray, np.nd
     return pred, (None if not qualities or qualities[0] is None else np.concatenate(qualities))
 
 
+def nearest_face(faces: np.ndarray, label: np.ndarray, names) -> int:
+    """Index of the predicted face (``faces``: F x K x 2) whose eye midpoint is nearest the
+    labelled one (``label``: K x 2): the face a label belongs to in a photo with several."""
+    eyes = [list(names).index("left_eye_center"), list(names).index("right_eye_center")]
+    return int(np.argmin(np.linalg.norm(faces[:, eyes].mean(1) - label[eyes].mean(0), axis=1)))
+
+
 def _match_faces(results, labels: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, int]:
     """For each labelled image, the predicted face nearest the labelled eyes (NaN if none found)."""
-    eyes = [names.index("left_eye_center"), names.index("right_eye_center")]
     pred = np.full_like(labels, np.nan)
     quality = np.full(len(labels), np.nan)
     missed = 0
@@ -45,8 +51,7 @@ def _match_faces(results, labels: np.ndarray, names: tuple[str, ...]) -> tuple[n
         if not result.faces:
             missed += 1
             continue
-        target = labels[i][eyes].mean(0)
-        face = min(result.faces, key=lambda f: np.linalg.norm(f.keypoints[eyes].mean(0) - target))
+        face = result.faces[nearest_face(np.stack([f.keypoints for f in result.faces]), labels[i], names)]
         pred[i] = face.keypoints
         quality[i] = np.nan if face.quality is None else face.quality
     return pred, quality, missed
