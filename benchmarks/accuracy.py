@@ -2,6 +2,7 @@
 on the raw image files, its CSV compared with the labels.
 
     python benchmarks/accuracy.py --run runs/fkpnet68 [--weights weights/fkpnet68.pt] [--json out.json]
+    python benchmarks/accuracy.py --run runs/fkpnet68 --command 'python benchmarks/baselines.py dlib -'
 
 Held-out = the images the training run in --run put in validation (whole persons for faces15,
 whole photos for helen_train). Prints a table and writes JSON.
@@ -36,14 +37,12 @@ def held_out(data_root: Path, dataset: str, run: Path) -> pd.DataFrame:
     return labels[mask].reset_index(drop=True)
 
 
-def predict_csv(files: list[Path], weights: Path | None, extra: list[str]) -> tuple[pd.DataFrame, float]:
+def predict_csv(files: list[Path], command: list[str]) -> tuple[pd.DataFrame, float]:
+    """Run ``command`` (image paths on stdin, CSV to ``-o FILE``) and read its CSV."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.csv"
-        command = [sys.executable, "-m", "fkpbatch", "predict", "--from-list", "-", "-o", str(out), "--quiet", *extra]
-        if weights:
-            command += ["--weights", str(weights)]
         started = time.perf_counter()
-        subprocess.run(command, input="".join(f"{f}\n" for f in files), text=True, check=True)
+        subprocess.run([*command, "-o", str(out)], input="".join(f"{f}\n" for f in files), text=True, check=True)
         return pd.read_csv(out), time.perf_counter() - started
 
 
@@ -86,12 +85,18 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--predict-args", default="", help="extra predict options, e.g. '--detect never'")
+    parser.add_argument("--command", help="score another tool instead: a command that reads image paths on stdin and "
+                        "writes predict's CSV to -o FILE, e.g. 'python benchmarks/baselines.py dlib -'")
     args = parser.parse_args()
-    report = {"weights": str(args.weights or "default"), "run": str(args.run), "predict_args": args.predict_args}
+    command = args.command.split() if args.command else [
+        sys.executable, "-m", "fkpbatch", "predict", "--from-list", "-", "--quiet", *args.predict_args.split(),
+        *(["--weights", str(args.weights)] if args.weights else []),
+    ]
+    report = {"command": " ".join(command), "run": str(args.run)}
     for key, dataset in DATASETS.items():
         labels = held_out(args.data, dataset, args.run)
         image_dir = args.data / dataset / "images"
-        predictions, seconds = predict_csv([image_dir / n for n in labels["image"]], args.weights, args.predict_args.split())
+        predictions, seconds = predict_csv([image_dir / n for n in labels["image"]], command)
         report[key] = {**score(labels, predictions, image_dir), "seconds": round(seconds, 1)}
         print(f"{key:8s} {json.dumps(report[key])}")
     if args.json:

@@ -1,6 +1,6 @@
 """Throughput of fkpbatch on this machine: where the time goes, and how close end-to-end gets.
 
-    python benchmarks/throughput.py [--images 2000] [--json benchmarks/throughput.json]
+    python benchmarks/throughput.py [--images 2000] [--json benchmarks/throughput.json] [--baselines PYTHON]
 
 Measures images/s for (1) decode + crop/resize only, as predict does it, with the same workers
 (and decode + detect + crop), (2) the model alone on preloaded tensors at the default batch size,
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_inputs(source: Path, count: int, folder: Path) -> Path:
-    photos = sorted(source.glob("*.jpg"))
+    photos = sorted(source.resolve().glob("*.jpg"))  # absolute targets: relative links would dangle
     for i in range(count):
         (folder / f"{i:06d}.jpg").symlink_to(photos[i % len(photos)])
     return folder
@@ -107,6 +107,15 @@ def end_to_end(folder: Path, count: int, weights: Path, extra: list[str]) -> dic
     return {"images_per_s": round(count / seconds, 1), "seconds": round(seconds, 1), "peak_memory_pss_mb": round(peak / 1024, 1)}
 
 
+def baseline(python: str, tool: str, folder: Path, count: int) -> dict:
+    """Another tool (benchmarks/baselines.py, one process) on the same images, by wall clock."""
+    started = time.perf_counter()
+    subprocess.run([python, str(REPO / "benchmarks" / "baselines.py"), tool, str(folder), "-o", os.devnull], check=True,
+                   stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    return {"images_per_s": round(count / seconds, 1), "seconds": round(seconds, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
@@ -114,6 +123,8 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "throughput.json")
     parser.add_argument("--skip-auto", action="store_true", help="only --detect never")
+    parser.add_argument("--baselines", metavar="PYTHON", help="also time dlib and mediapipe (benchmarks/baselines.py) with this "
+                        "interpreter, one that has dlib-bin, face_recognition_models and mediapipe==0.10.14 installed")
     args = parser.parse_args()
     source = args.data / "faces15" / "images"
     if not source.is_dir():
@@ -136,6 +147,10 @@ def main() -> None:
             report["decode_detect_crop_only"] = round(pipeline_rate(predictor, folder, PredictOptions(detect="auto")), 1)
             report["end_to_end_detect_auto"] = end_to_end(folder, args.images, args.weights, [])
             report["ratio_auto_vs_detect_stage"] = round(report["end_to_end_detect_auto"]["images_per_s"] / report["decode_detect_crop_only"], 3)
+        for tool in ("dlib", "mediapipe") if args.baselines else ():
+            report[f"baseline_{tool}"] = baseline(args.baselines, tool, folder, args.images)
+            if "end_to_end_detect_auto" in report:
+                report[f"ratio_auto_vs_{tool}"] = round(report["end_to_end_detect_auto"]["images_per_s"] / report[f"baseline_{tool}"]["images_per_s"], 2)
     print(json.dumps(report, indent=2))
     args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -27,6 +27,7 @@ class TrainConfig:
     framing_scale: float = 1.29
     framing_shift: float = 0.27
     images_dir: str | None = None
+    init: str | None = None  # start from these weights (fine-tuning) instead of a random init
     seed: int = 0
     workers: int = 2
     device: str = "auto"

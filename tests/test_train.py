@@ -86,6 +86,21 @@ def test_resume_continues_the_epoch_count(trained_run, tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 4
 
 
+def test_init_fine_tunes_from_given_weights_and_refuses_a_foreign_model(trained_run, kaggle_csv, tmp_path):
+    source = trained_run / "best.pt"
+    run = tmp_path / "tuned"
+    result = runner.invoke(app, ["train", str(kaggle_csv), "--init", str(source), "--lr", "0", "--epochs", "1", "-b", "16",
+                                 "--workers", "0", "-o", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    before = torch.load(source, weights_only=True)["model"]
+    after = torch.load(run / "last.pt", weights_only=True)["model"]
+    learned = [k for k in before if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert learned and all(torch.equal(before[k], after[k]) for k in learned)  # lr 0: the weights are the given ones
+    foreign = runner.invoke(app, ["train", str(kaggle_csv), "--init", str(source), "--arch", "fkpnet_tiny", "--epochs", "1",
+                                  "--workers", "0", "-o", str(tmp_path / "other"), "--quiet"])
+    assert foreign.exit_code == 2 and str(source) in foreign.stderr and "seed model with 15 points" in foreign.stderr
+
+
 def test_trained_weights_drive_predict_evaluate_and_submission(trained_run, kaggle_csv, tmp_path):
     best = trained_run / "best.pt"
     result = runner.invoke(app, ["evaluate", str(kaggle_csv), "-w", str(best), "--json", str(tmp_path / "e.json")])
