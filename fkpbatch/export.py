@@ -1,9 +1,13 @@
 """ONNX export of a keypoint model, and the onnxruntime session that runs it on the CPU, where it
-measured 1.5x faster than PyTorch for fkpnet (benchmarks/RESULTS.md)."""
+measured 1.5x faster than PyTorch for fkpnet (benchmarks/RESULTS.md). Exports are cached, because
+exporting costs more start-up time than importing torch."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 import warnings
 from pathlib import Path
 
@@ -41,17 +45,56 @@ def export_onnx(model: nn.Module, spec: ModelSpec, target: Path | io.BytesIO) ->
     model.train(was_training)  # the exporter restores the wrapper's mode onto the model
 
 
+def cache_dir() -> Path:
+    """Where exported graphs are kept: ``$XDG_CACHE_HOME/fkpbatch`` (default ``~/.cache/fkpbatch``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fkpbatch"
+
+
+def _fingerprint(model: nn.Module, spec: ModelSpec) -> str:
+    """Changes with the weights, the spec, torch (the exporter) and fkpbatch (the graph wrapper)."""
+    from . import __version__
+
+    digest = hashlib.sha256(json.dumps([spec.to_dict(), torch.__version__, __version__]).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cached_onnx(model: nn.Module, spec: ModelSpec, refresh: bool = False) -> bytes:
+    """The model's ONNX graph from the cache, or exported (and cached when the folder is
+    writable) on a miss or with ``refresh``."""
+    path = cache_dir() / f"{spec.arch}-{_fingerprint(model, spec)}.onnx"
+    if not refresh and path.is_file():
+        try:
+            return path.read_bytes()
+        except OSError:
+            pass
+    buffer = io.BytesIO()
+    export_onnx(model, spec, buffer)
+    graph = buffer.getvalue()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(graph)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # read-only home: export again next time
+    return graph
+
+
 class OnnxKeypoints:
     """Runs an exported model with onnxruntime; same inputs and outputs as the torch path."""
 
     def __init__(self, model: nn.Module, spec: ModelSpec):
         import onnxruntime as ort
 
-        buffer = io.BytesIO()
-        export_onnx(model, spec, buffer)
         options = ort.SessionOptions()
         options.intra_op_num_threads = cpu_count()
-        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(cached_onnx(model, spec), options, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - a damaged cached graph only costs a new export
+            self.session = ort.InferenceSession(cached_onnx(model, spec, refresh=True), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         outputs = self.session.run(None, {"images": crops.numpy()})

@@ -19,6 +19,13 @@ DATA = Path(os.environ.get("FKPBATCH_DATA", REPO.parent / "shared" / "data"))
 SHIPPED_WEIGHTS = REPO / "weights" / "fkpnet68.pt"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Exported ONNX graphs go to a temporary cache, never the user's ~/.cache (CLI subprocesses
+    inherit the variable)."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
+
 def need_data(*parts: str) -> Path:
     """The path under ../shared/data, or skip the test with a message saying what is missing."""
     path = DATA.joinpath(*parts)
