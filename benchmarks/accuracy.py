@@ -24,7 +24,7 @@ import pandas as pd
 from fkpbatch.datasets import split_by_group
 from fkpbatch.evaluate import nearest_face
 from fkpbatch.keypoints import KAGGLE_POINTS, coordinate_columns
-from fkpbatch.metrics import FAILURE_NME, nme_per_face
+from fkpbatch.metrics import failure_percent, nme_per_face, quality_vs_error
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {"faces15": "faces15", "helen": "helen_train"}
@@ -61,21 +61,15 @@ def score(labels: pd.DataFrame, predictions: pd.DataFrame, image_dir: Path) -> d
         pred[i], quality[i] = faces[best], group["quality"].to_numpy(float)[best]
     found = np.isfinite(pred).all(axis=(1, 2))
     nme = nme_per_face(pred[found], truth[found], KAGGLE_POINTS)
-    failures = (nme > FAILURE_NME).sum() + (~found).sum()
     result = {
         "images": int(len(labels)),
         "not_found": int((~found).sum()),
-        "nme_percent": round(float(100 * nme.mean()), 3),
-        "nme_median_percent": round(float(100 * np.median(nme)), 3),
-        "failure_percent": round(float(100 * failures / len(labels)), 3),
+        "nme_percent": float(100 * nme.mean()),
+        "nme_median_percent": float(100 * np.median(nme)),
+        "failure_percent": failure_percent(nme, int((~found).sum())),
+        **quality_vs_error(quality[found], nme),
     }
-    if np.isfinite(quality[found]).sum() > 2:
-        q, e = pd.Series(quality[found]), pd.Series(nme)
-        result["quality_vs_nme_spearman"] = round(float(q.rank().corr(e.rank())), 3)
-        low = q < q.quantile(0.1)
-        result["nme_percent_lowest_decile_quality"] = round(float(100 * e[low].mean()), 3)
-        result["nme_percent_other_quality"] = round(float(100 * e[~low].mean()), 3)
-    return result
+    return {key: round(value, 3) if isinstance(value, float) else value for key, value in result.items()}
 
 
 def main() -> None:

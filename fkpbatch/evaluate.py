@@ -15,7 +15,7 @@ from .discover import InputFile
 from .engine import Predictor, PredictOptions
 from .errors import DataError, UsageError
 from .keypoints import KAGGLE_POINTS
-from .metrics import FAILURE_NME, nme_per_face, summarize
+from .metrics import failure_percent, nme_per_face, quality_vs_error, summarize
 from .transforms import FRAMING_POINTS, Framing, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
 
 KAGGLE_FRAMING = Framing()
@@ -89,13 +89,9 @@ def evaluate_checkpoint(
     found = np.isfinite(pred).all(axis=(1, 2))
     report = summarize(pred[found], labels[found], common, kaggle_scale=scale[found])
     nme = nme_per_face(pred[found], labels[found], common)
-    report.update(data=str(data), images=int(len(rows)), missed=int(missed))
-    if missed:  # a face not found is a failure
-        total = len(rows)
-        report["failure_percent"] = float(100 * ((nme > FAILURE_NME).sum() + missed) / total)
-    if quality is not None and np.isfinite(quality[found]).sum() > 2:
-        q, e = pd.Series(quality[found]), pd.Series(nme)
-        report["quality_vs_nme_spearman"] = float(q.rank().corr(e.rank()))  # Spearman without scipy
+    report.update(data=str(data), images=int(len(rows)), missed=int(missed), failure_percent=failure_percent(nme, missed))
+    if quality is not None:
+        report.update(quality_vs_error(quality[found], nme))
     return report
 
 

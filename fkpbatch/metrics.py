@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 FAILURE_NME = 0.10
 _OUTER_EYE_CORNERS = ("left_eye_outer_corner", "right_eye_outer_corner")
@@ -40,4 +41,29 @@ def summarize(pred: np.ndarray, target: np.ndarray, keypoints, *, kaggle_scale: 
         "nme_percent": float(100 * valid.mean()) if valid.size else float("nan"),
         "failure_percent": float(100 * (valid > FAILURE_NME).mean()) if valid.size else float("nan"),
         "per_keypoint": {name: float(e) for name, e in zip(keypoints, per_point)},
+    }
+
+
+def failure_percent(nme: np.ndarray, missed: int = 0) -> float:
+    """Faces with NME > 10 % or not found at all, as a percentage of the faces that could be scored
+    (NaN NME = labels without both outer eye corners) plus those not found."""
+    nme = np.asarray(nme, float)
+    nme = nme[np.isfinite(nme)]
+    total = len(nme) + missed
+    return float(100 * ((nme > FAILURE_NME).sum() + missed) / total) if total else float("nan")
+
+
+def quality_vs_error(quality: np.ndarray, nme: np.ndarray) -> dict:
+    """How well the quality score ranks faces by error: Spearman correlation (without scipy), and
+    the mean NME % of the lowest-quality tenth versus the rest. Empty below three scored faces."""
+    quality, nme = np.asarray(quality, float), np.asarray(nme, float)
+    scored = np.isfinite(quality) & np.isfinite(nme)
+    if scored.sum() < 3:
+        return {}
+    q, e = pd.Series(quality[scored]), pd.Series(nme[scored])
+    low = q < q.quantile(0.1)
+    return {
+        "quality_vs_nme_spearman": float(q.rank().corr(e.rank())),
+        "nme_percent_lowest_decile_quality": float(100 * e[low].mean()) if low.any() else float("nan"),
+        "nme_percent_other_quality": float(100 * e[~low].mean()),
     }

@@ -150,6 +150,18 @@ def test_missing_columns_are_named(tmp_path, kaggle_csv):
         load_kaggle_csv(bad)
 
 
+def test_failures_count_faces_not_found_and_quality_ranks_errors():
+    from fkpbatch.metrics import failure_percent, quality_vs_error
+
+    # 0.05 passes, 0.2 fails, NaN (no eye corners) is not scored, one face was not found at all
+    assert failure_percent(np.array([0.05, 0.2, np.nan]), missed=1) == pytest.approx(100 * 2 / 3)
+    nme = np.linspace(0.02, 0.08, 20)
+    report = quality_vs_error(1 - nme * 10, nme)  # higher quality, lower error
+    assert report["quality_vs_nme_spearman"] == pytest.approx(-1.0)
+    assert report["nme_percent_lowest_decile_quality"] > report["nme_percent_other_quality"]
+    assert quality_vs_error(np.array([0.5, np.nan]), np.array([0.1, 0.2])) == {}
+
+
 def test_group_split_keeps_each_person_on_one_side():
     from fkpbatch.datasets import split_by_group
 
