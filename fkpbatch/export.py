@@ -91,6 +91,8 @@ class OnnxKeypoints:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = cpu_count()
+        # Idle threads sleep instead of spinning: the DataLoader workers need those cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(cached_onnx(model, spec), options, providers=["CPUExecutionProvider"])
         except Exception:  # noqa: BLE001 - a damaged cached graph only costs a new export
