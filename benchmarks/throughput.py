@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "throughput.json")
     parser.add_argument("--skip-auto", action="store_true", help="only --detect never")
+    parser.add_argument("--model-only", action="store_true", help="only (2), e.g. to compare --weights of two architectures")
     parser.add_argument("--baselines", metavar="PYTHON", help="also time dlib and mediapipe (benchmarks/baselines.py) with this "
                         "interpreter, one that has dlib-bin, face_recognition_models and mediapipe==0.10.14 installed")
     args = parser.parse_args()
@@ -148,6 +149,10 @@ def main() -> None:
                     "device": str(predictor.device), "torch": torch.__version__, "python": platform.python_version()},
         "images": args.images, "workers": default_workers(), "batch_size": options.batch_size,
     }
+    if args.model_only:
+        print(json.dumps({"weights": str(args.weights), "model_only": round(model_rate(predictor, options.batch_size), 1),
+                          "runtime": "torch" if predictor.onnx is None else "onnxruntime"}))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_inputs(source, args.images, Path(tmp) / "all")
         quarter = make_inputs(source, args.images // 4, Path(tmp) / "quarter")
