@@ -16,7 +16,6 @@ from fkpbatch.transforms import Framing
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FKPBATCH_DATA", REPO.parent / "shared" / "data"))
-SHIPPED_WEIGHTS = REPO / "weights" / "fkpnet68.pt"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,11 +43,13 @@ def tiny_weights(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def shipped_weights() -> Path:
-    if not SHIPPED_WEIGHTS.exists():
-        pytest.skip("weights/fkpnet68.pt is not in this checkout")
-    return SHIPPED_WEIGHTS
+@pytest.fixture(scope="session", params=["fkpnet68.pt", "fkpnet68_128.pt"])
+def shipped_weights(request) -> Path:
+    """Each model in weights/: the default and the 128-px one."""
+    path = REPO / "weights" / request.param
+    if not path.exists():
+        pytest.skip(f"weights/{request.param} is not in this checkout")
+    return path
 
 
 def gradient_image(size=(64, 48), mode="RGB") -> Image.Image:
