@@ -163,12 +163,15 @@ def test_annotating_into_the_input_tree_never_overwrites_an_input(tmp_path, tiny
 def test_ctrl_c_flushes_whole_rows_says_how_to_resume_and_exits_130(tmp_path, tiny_weights):
     folder = tmp_path / "many"
     folder.mkdir()
-    count = 3000  # enough that the run is still going when the signal arrives, however fast it gets
+    count = 300
     for i in range(count):
-        (folder / f"face{i:04d}.jpg").symlink_to(FACE)
+        (folder / f"face{i:03d}.jpg").symlink_to(FACE)
     out = tmp_path / "out.csv"
     process = subprocess.Popen([sys.executable, "-m", "fkpbatch", "predict", str(folder), "-w", str(tiny_weights), "-o", str(out),
-                                "--batch-size", "4", "--workers", "1", "--quiet"], stderr=subprocess.PIPE, text=True)
+                                "--batch-size", "4", "--workers", "1", "--quiet"], stderr=subprocess.PIPE, text=True,
+                               # a shell that started pytest in the background (nohup, &) leaves SIGINT
+                               # ignored, and Python then never raises KeyboardInterrupt: restore it
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 5):
         time.sleep(0.02)
