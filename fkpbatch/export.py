@@ -1,6 +1,6 @@
 """ONNX export of a keypoint model, and the onnxruntime session that runs it on the CPU, where it
-measured 1.5x faster than PyTorch for fkpnet (benchmarks/RESULTS.md). Exports are cached, because
-exporting costs more start-up time than importing torch."""
+measured 1.5x faster than PyTorch for fkpnet (benchmarks/RESULTS.md). Exports are cached: each
+one costs about 2 s of start-up."""
 
 from __future__ import annotations
 
@@ -93,10 +93,14 @@ class OnnxKeypoints:
         options.intra_op_num_threads = cpu_count()
         # Idle threads sleep instead of spinning: the DataLoader workers need those cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+        def session(graph: bytes):
+            return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
         try:
-            self.session = ort.InferenceSession(cached_onnx(model, spec), options, providers=["CPUExecutionProvider"])
+            self.session = session(cached_onnx(model, spec))
         except Exception:  # noqa: BLE001 - a damaged cached graph only costs a new export
-            self.session = ort.InferenceSession(cached_onnx(model, spec, refresh=True), options, providers=["CPUExecutionProvider"])
+            self.session = session(cached_onnx(model, spec, refresh=True))
 
     def __call__(self, crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         outputs = self.session.run(None, {"images": crops.numpy()})

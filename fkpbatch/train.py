@@ -225,7 +225,7 @@ def _initial_model(spec: ModelSpec, init: str):
             f"--init {init} holds a {source.arch} model with {len(source.keypoints)} points; "
             f"this run trains {spec.arch} with {len(spec.keypoints)} (set --arch/--points to match)"
         )
-    return model.train()
+    return model
 
 
 def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progress: bool = True, log=print) -> Path:

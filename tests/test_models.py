@@ -75,10 +75,9 @@ def test_exported_graph_is_cached_and_a_damaged_cache_is_replaced(tiny_weights, 
     crops = torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8)
     expected, _ = Predictor.load(tiny_weights, "cpu", "onnxruntime")._keypoints(crops)
     [cached] = (tmp_path / "fkpbatch").glob("fkpnet_tiny-*.onnx")
-    monkeypatch.setattr(export, "export_onnx", lambda *args: pytest.fail("exported again despite the cache"))
-    Predictor.load(tiny_weights, "cpu", "onnxruntime")  # a cache hit: no export
-    monkeypatch.undo()
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "export_onnx", lambda *args: pytest.fail("exported again despite the cache"))
+        Predictor.load(tiny_weights, "cpu", "onnxruntime")  # a cache hit: no export
     cached.write_bytes(b"not a graph")
     points, _ = Predictor.load(tiny_weights, "cpu", "onnxruntime")._keypoints(crops)
     assert abs(points - expected).max() < 1e-6 and cached.read_bytes() != b"not a graph"
