@@ -158,6 +158,7 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default runs/<timestamp>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last.pt.")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from these weights (e.g. weights/fkpnet68.pt) instead of random ones; same --arch and --points, any --input-size.")] = None,
+    label_offset: Annotated[Optional[list[str]], typer.Option(help="DX,DY pixels: where a CSV's labels sit relative to the pixel grid (1,1 for 1-based coordinates), once per CSV in order. Flips then keep the convention instead of blurring it.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed (splits, initialisation, augmentation).")] = 0,
     device: DeviceOption = "auto",
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers.")] = 2,
@@ -179,7 +180,7 @@ def train(
                 config = build_config(
                     tuple(str(p) for p in data), recipe=recipe, arch=arch, points=points, epochs=epochs, batch_size=batch_size,
                     lr=lr, val_split=val_split, group_by=group_by, augment=augment, vflip=vflip, input_size=input_size,
-                    images_dir=str(images) if images else None, init=str(init) if init else None, seed=seed, device=device, workers=workers, strict=strict,
+                    images_dir=str(images) if images else None, init=str(init) if init else None, label_offsets=tuple(label_offset or ()), seed=seed, device=device, workers=workers, strict=strict,
                 )
                 run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
                 best = run_training(config, run_dir, show_progress=show, log=log)

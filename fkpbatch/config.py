@@ -27,6 +27,9 @@ class TrainConfig:
     framing_scale: float = 1.29
     framing_shift: float = 0.27
     images_dir: str | None = None
+    # Per data file: where its labels sit relative to a mirror-consistent pixel grid, (dx, dy) in
+    # pixels; e.g. (1, 1) for 1-based coordinates. Empty = all (0, 0).
+    label_offsets: tuple[tuple[float, float], ...] = ()
     init: str | None = None  # start from these weights (fine-tuning) instead of a random init
     seed: int = 0
     workers: int = 2

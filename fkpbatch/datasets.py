@@ -136,7 +136,13 @@ def split_by_group(names: list[str], val_split: float, group_by: str | None, see
 
 class FaceDataset(Dataset):
     """Crops + unit keypoints. Folder photos are framed by ``box_from_points`` (the function
-    predict uses on detector landmarks) with random jitter when training."""
+    predict uses on detector landmarks) with random jitter when training.
+
+    ``label_offset`` (pixels): how far the labels sit from a mirror-consistent pixel grid. Flips
+    and rotations act on the true positions and the offset is added back afterwards, so the
+    model learns to reproduce the labels' convention instead of half of it: a flip would
+    otherwise turn a +1 px offset into -1 px, and the network would learn neither.
+    """
 
     def __init__(
         self,
@@ -148,8 +154,10 @@ class FaceDataset(Dataset):
         augment: TrainAugment | None = None,
         jitter: float = 0.0,
         seed: int = 0,
+        label_offset: tuple[float, float] = (0.0, 0.0),
     ):
         self.table, self.rows = table, np.asarray(rows)
+        self.label_offset = np.asarray(label_offset, dtype=np.float64)
         self.input_size, self.framing = input_size, framing
         self.augment, self.jitter = augment, jitter
         self.framing_index = [table.keypoints.index(n) for n in FRAMING_POINTS] if not table.kaggle else None
@@ -164,7 +172,7 @@ class FaceDataset(Dataset):
         row = self.rows[index]
         if self.table.kaggle:
             return Box(0.0, 0.0, float(KAGGLE_SIZE))
-        box = box_from_points(self.table.points[row][self.framing_index], self.framing)
+        box = box_from_points(self.table.points[row][self.framing_index] - self.label_offset, self.framing)
         if rng is None or self.jitter == 0:
             return box
         size = box.size * float(np.exp(rng.normal(0, self.jitter)))
@@ -175,7 +183,7 @@ class FaceDataset(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, index)) if self.augment else None
         box = self.box(index, rng)
         image = to_uint8_tensor(crop_face(self.table.images[self.rows[index]], box, self.input_size))
-        unit = torch.from_numpy(to_unit(self.table.points[self.rows[index]], box)).float()
+        unit = torch.from_numpy(to_unit(self.table.points[self.rows[index]] - self.label_offset, box)).float()
         if self.augment is not None:
             image, unit = self.augment(image, unit)
-        return image, unit
+        return image, unit + torch.from_numpy(self.label_offset / box.size).float()

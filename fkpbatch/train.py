@@ -40,7 +40,8 @@ def build_datasets(config: TrainConfig, warn=print):
     strong = config.augment == "strong"
     augment = None if config.augment == "none" else TrainAugment(keypoints, strong=strong, vflip=config.vflip)
     train_parts, val_parts, val_names = [], [], []
-    for source in config.data:
+    offsets = config.label_offsets or ((0.0, 0.0),) * len(config.data)
+    for source, label_offset in zip(config.data, offsets):
         path = Path(source)
         if not path.is_file():
             raise UsageError(f"training data {path} does not exist")
@@ -54,7 +55,7 @@ def build_datasets(config: TrainConfig, warn=print):
         if not table.names:
             raise DataError(f"{path}: no usable rows")
         is_val = split_by_group(table.names, config.val_split, config.group_by, config.seed)
-        common = dict(input_size=config.input_size, framing=framing, seed=config.seed)
+        common = dict(input_size=config.input_size, framing=framing, seed=config.seed, label_offset=label_offset)
         train_parts.append(FaceDataset(table, np.flatnonzero(~is_val), augment=augment, jitter=config.jitter, **common))
         val_parts.append(FaceDataset(table, np.flatnonzero(is_val), **common))
         val_names += [f"{path.name}:{table.names[i]}" for i in np.flatnonzero(is_val)]
@@ -194,13 +195,27 @@ def build_config(data: tuple[str, ...], recipe: str | None = None, **overrides) 
         raise UsageError(f"--points must be 15 or 68, not {values['points']!r}")
     if values["augment"] not in ("none", "seed", "strong"):
         raise UsageError(f"--augment must be none, seed or strong, not {values['augment']!r}")
+    values["label_offsets"] = tuple(parse_label_offset(text) for text in values.get("label_offsets", ()))
+    if values["label_offsets"] and len(values["label_offsets"]) != len(data):
+        raise UsageError(f"give --label-offset once per training CSV ({len(data)}), or not at all; got {len(values['label_offsets'])}")
     return TrainConfig(data=tuple(data), **values)
+
+
+def parse_label_offset(text) -> tuple[float, float]:
+    """'DX,DY' (pixels) -> (dx, dy); also accepts a pair, as saved in config.json."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        dx, dy = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--label-offset takes DX,DY in pixels, e.g. 1,1; not {text!r}") from None
+    return dx, dy
 
 
 def resume_training(out_dir: Path, *, epochs: int | None = None, device: str = "auto", workers: int = 2, **kwargs) -> Path:
     """Continue the run in ``out_dir`` from last.pt with its saved config (optionally more epochs)."""
     state = load_checkpoint(out_dir / "last.pt")
     saved = dict(state["config"], data=tuple(state["config"]["data"]), device=device, workers=workers)
+    saved["label_offsets"] = tuple(parse_label_offset(pair) for pair in saved.get("label_offsets", ()))
     if epochs is not None:
         saved["epochs"] = epochs
     return _fit(TrainConfig(**saved), out_dir, state, **kwargs)

@@ -10,9 +10,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fkpbatch.cli import app
-from fkpbatch.datasets import load_kaggle_csv
+from fkpbatch.augment import hflip_with_swap
+from fkpbatch.datasets import FaceDataset, FaceTable, load_kaggle_csv
 from fkpbatch.errors import DataError
-from fkpbatch.keypoints import KAGGLE_POINTS, coordinate_columns
+from fkpbatch.keypoints import KAGGLE_POINTS, coordinate_columns, flip_permutation
 from fkpbatch.train import masked_loss
 from fkpbatch.transforms import FRAMING_POINTS, Framing, box_from_points, crop_face, to_unit
 
@@ -186,14 +187,40 @@ def test_folder_csv_training_feeds_predict_with_68_points(tmp_path):
     labels.to_csv(folder / "keypoints.csv", index=False)
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", str(folder / "keypoints.csv"), "--arch", "fkpnet_tiny", "--points", "68", "--epochs", "1",
-                                 "--workers", "0", "--val-split", "0.25", "-o", str(run)])
+                                 "--workers", "0", "--val-split", "0.25", "--label-offset", "1,1", "-o", str(run)])
     assert result.exit_code == 0, result.output
     assert "1 image(s) missing or unreadable, e.g. line 14: missing_00.jpg" in result.stderr
-    assert json.loads((run / "config.json").read_text())["loss"] == "l1"  # folder data: the fkpnet recipe
+    config = json.loads((run / "config.json").read_text())
+    assert config["loss"] == "l1" and config["label_offsets"] == [[1.0, 1.0]]  # folder data: the fkpnet recipe
     result = runner.invoke(app, ["predict", str(folder / "images"), "-w", str(run / "best.pt"), "--points", "68", "--workers", "0", "-q"])
     assert result.exit_code == 0 and "p67_y" in result.stdout.splitlines()[0]
     strict = runner.invoke(app, ["train", str(folder / "keypoints.csv"), "--strict", "--epochs", "1", "-o", str(tmp_path / "r2")])
     assert strict.exit_code == 2 and "missing_00.jpg" in strict.stderr
+
+
+def test_label_offset_survives_a_flip():
+    """Labels 2 px right of the true positions: a flipped crop must still be labelled 2 px right
+    (a plain mirror would put them 2 px left, and the model would learn neither)."""
+    mean = pd.read_csv(need_data("kaggle") / "keypoints_only.csv")[COLUMNS].mean().to_numpy().reshape(15, 2) + 52
+    table = FaceTable(["face"], mean[None], [Image.new("L", (200, 200), 128)], KAGGLE_POINTS, "synthetic", kaggle=False)
+    permutation = flip_permutation(KAGGLE_POINTS)
+    flip = lambda image, unit: hflip_with_swap(image, unit, permutation)  # noqa: E731
+    offset = np.array([2.0, 0.0])
+    dataset = FaceDataset(table, [0], input_size=32, framing=Framing(), augment=flip, label_offset=tuple(offset))
+    box = dataset.box(0)
+    _, target = dataset[0]
+    true = torch.from_numpy(to_unit(mean - offset, box)).float()
+    _, mirrored_true = hflip_with_swap(torch.zeros(1, 2, 2), true, permutation)
+    assert torch.allclose(target, mirrored_true + torch.tensor(offset / box.size).float(), atol=1e-6)
+    _, naive = hflip_with_swap(torch.zeros(1, 2, 2), torch.from_numpy(to_unit(mean, box)).float(), permutation)
+    assert torch.allclose(target[:, 0] - naive[:, 0], torch.tensor(2 * offset[0] / box.size).float(), atol=1e-6)
+
+
+def test_label_offset_is_given_once_per_csv(kaggle_csv, tmp_path):
+    result = runner.invoke(app, ["train", str(kaggle_csv), str(kaggle_csv), "--label-offset", "1,1", "--epochs", "1", "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "once per training CSV (2)" in result.stderr
+    result = runner.invoke(app, ["train", str(kaggle_csv), "--label-offset", "1;1", "--epochs", "1", "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "DX,DY" in result.stderr
 
 
 def test_a_diverging_loss_stops_with_the_epoch_and_batch(kaggle_csv, tmp_path):
