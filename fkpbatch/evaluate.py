@@ -15,7 +15,7 @@ from .discover import InputFile
 from .engine import Predictor, PredictOptions
 from .errors import DataError, UsageError
 from .keypoints import KAGGLE_POINTS
-from .metrics import failure_percent, nme_per_face, quality_vs_error, summarize
+from .metrics import summarize
 from .transforms import FRAMING_POINTS, Framing, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
 
 KAGGLE_FRAMING = Framing()
@@ -87,12 +87,9 @@ def evaluate_checkpoint(
     index = [names.index(n) for n in common]
     pred, labels = pred[:, index], labels[:, [KAGGLE_POINTS.index(n) for n in common]]
     found = np.isfinite(pred).all(axis=(1, 2))
-    report = summarize(pred[found], labels[found], common, kaggle_scale=scale[found])
-    nme = nme_per_face(pred[found], labels[found], common)
-    report.update(data=str(data), images=int(len(rows)), missed=int(missed), failure_percent=failure_percent(nme, missed))
-    if quality is not None:
-        report.update(quality_vs_error(quality[found], nme))
-    return report
+    report = summarize(pred[found], labels[found], common, kaggle_scale=scale[found], missed=missed,
+                       quality=None if quality is None else quality[found])
+    return {**report, "data": str(data), "images": int(len(rows)), "missed": int(missed)}
 
 
 def _expand(labels: np.ndarray, names: tuple[str, ...]) -> np.ndarray:

@@ -27,9 +27,11 @@ def nme_per_face(pred: np.ndarray, target: np.ndarray, keypoints: tuple[str, ...
         return np.nanmean(errors, axis=1) / norm
 
 
-def summarize(pred: np.ndarray, target: np.ndarray, keypoints, *, kaggle_scale: np.ndarray) -> dict:
+def summarize(pred: np.ndarray, target: np.ndarray, keypoints, *, kaggle_scale: np.ndarray, missed: int = 0,
+              quality: np.ndarray | None = None) -> dict:
     """RMSE (96-pixel Kaggle units: errors divided by ``kaggle_scale`` per face = box size / 96),
-    NME %, failure rate % and per-keypoint mean error in the same Kaggle units."""
+    NME %, failure rate % (``missed`` faces count as failures), per-keypoint mean error in the same
+    Kaggle units, and with ``quality`` how well it ranks the errors."""
     scale = np.asarray(kaggle_scale, dtype=np.float64)[:, None, None]
     pred96, target96 = pred / scale, target / scale
     nme = nme_per_face(pred, target, keypoints)
@@ -39,8 +41,9 @@ def summarize(pred: np.ndarray, target: np.ndarray, keypoints, *, kaggle_scale: 
         "faces": int(len(pred)),
         "rmse": rmse(pred96, target96),
         "nme_percent": float(100 * valid.mean()) if valid.size else float("nan"),
-        "failure_percent": float(100 * (valid > FAILURE_NME).mean()) if valid.size else float("nan"),
+        "failure_percent": failure_percent(nme, missed),
         "per_keypoint": {name: float(e) for name, e in zip(keypoints, per_point)},
+        **(quality_vs_error(quality, nme) if quality is not None else {}),
     }
 
 
