@@ -192,6 +192,9 @@ def test_folder_csv_training_feeds_predict_with_68_points(tmp_path):
     assert "1 image(s) missing or unreadable, e.g. line 14: missing_00.jpg" in result.stderr
     config = json.loads((run / "config.json").read_text())
     assert config["loss"] == "l1" and config["label_offsets"] == [[1.0, 1.0]]  # folder data: the fkpnet recipe
+    resumed = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--workers", "0", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((run / "config.json").read_text())["label_offsets"] == [[1.0, 1.0]]
     result = runner.invoke(app, ["predict", str(folder / "images"), "-w", str(run / "best.pt"), "--points", "68", "--workers", "0", "-q"])
     assert result.exit_code == 0 and "p67_y" in result.stdout.splitlines()[0]
     strict = runner.invoke(app, ["train", str(folder / "keypoints.csv"), "--strict", "--epochs", "1", "-o", str(tmp_path / "r2")])
