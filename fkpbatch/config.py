@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -36,5 +38,23 @@ class TrainConfig:
     device: str = "auto"
     strict: bool = False
 
+    def __post_init__(self):
+        """Normalise what the CLI (strings 'DX,DY') and config.json (lists) give, in one place."""
+        offsets = tuple(parse_label_offset(value) for value in self.label_offsets)
+        if offsets and len(offsets) != len(self.data):
+            raise UsageError(f"give --label-offset once per training CSV ({len(self.data)}), or not at all; got {len(offsets)}")
+        object.__setattr__(self, "data", tuple(self.data))
+        object.__setattr__(self, "label_offsets", offsets)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def parse_label_offset(value) -> tuple[float, float]:
+    """'DX,DY' (pixels) -> (dx, dy); also accepts a pair, as saved in config.json."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        dx, dy = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--label-offset takes DX,DY in pixels, e.g. 1,1; not {value!r}") from None
+    return dx, dy

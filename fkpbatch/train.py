@@ -195,27 +195,13 @@ def build_config(data: tuple[str, ...], recipe: str | None = None, **overrides) 
         raise UsageError(f"--points must be 15 or 68, not {values['points']!r}")
     if values["augment"] not in ("none", "seed", "strong"):
         raise UsageError(f"--augment must be none, seed or strong, not {values['augment']!r}")
-    values["label_offsets"] = tuple(parse_label_offset(text) for text in values.get("label_offsets", ()))
-    if values["label_offsets"] and len(values["label_offsets"]) != len(data):
-        raise UsageError(f"give --label-offset once per training CSV ({len(data)}), or not at all; got {len(values['label_offsets'])}")
-    return TrainConfig(data=tuple(data), **values)
-
-
-def parse_label_offset(text) -> tuple[float, float]:
-    """'DX,DY' (pixels) -> (dx, dy); also accepts a pair, as saved in config.json."""
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    try:
-        dx, dy = (float(p) for p in parts)
-    except ValueError:
-        raise UsageError(f"--label-offset takes DX,DY in pixels, e.g. 1,1; not {text!r}") from None
-    return dx, dy
+    return TrainConfig(data=data, **values)
 
 
 def resume_training(out_dir: Path, *, epochs: int | None = None, device: str = "auto", workers: int = 2, **kwargs) -> Path:
     """Continue the run in ``out_dir`` from last.pt with its saved config (optionally more epochs)."""
     state = load_checkpoint(out_dir / "last.pt")
-    saved = dict(state["config"], data=tuple(state["config"]["data"]), device=device, workers=workers)
-    saved["label_offsets"] = tuple(parse_label_offset(pair) for pair in saved.get("label_offsets", ()))
+    saved = dict(state["config"], device=device, workers=workers)
     if epochs is not None:
         saved["epochs"] = epochs
     return _fit(TrainConfig(**saved), out_dir, state, **kwargs)
