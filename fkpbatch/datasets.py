@@ -153,7 +153,6 @@ class FaceDataset(Dataset):
         framing: Framing,
         augment: TrainAugment | None = None,
         jitter: float = 0.0,
-        seed: int = 0,
         label_offset: tuple[float, float] = (0.0, 0.0),
     ):
         self.table, self.rows = table, np.asarray(rows)
@@ -161,8 +160,6 @@ class FaceDataset(Dataset):
         self.input_size, self.framing = input_size, framing
         self.augment, self.jitter = augment, jitter
         self.framing_index = [table.keypoints.index(n) for n in FRAMING_POINTS] if not table.kaggle else None
-        self.seed = seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -180,7 +177,9 @@ class FaceDataset(Dataset):
         return Box(box.x + dx + (box.size - size) / 2, box.y + dy + (box.size - size) / 2, size)
 
     def __getitem__(self, index: int):
-        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.augment else None
+        # Drawn from torch's generator, which the DataLoader seeds per worker and which moves on
+        # every epoch (an epoch counter set in the main process never reaches persistent workers).
+        rng = np.random.default_rng(int(torch.randint(2**62, ()))) if self.augment else None
         box = self.box(index, rng)
         image = to_uint8_tensor(crop_face(self.table.images[self.rows[index]], box, self.input_size))
         unit = torch.from_numpy(to_unit(self.table.points[self.rows[index]] - self.label_offset, box)).float()

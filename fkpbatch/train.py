@@ -55,7 +55,7 @@ def build_datasets(config: TrainConfig, warn=print):
         if not table.names:
             raise DataError(f"{path}: no usable rows")
         is_val = split_by_group(table.names, config.val_split, config.group_by, config.seed)
-        common = dict(input_size=config.input_size, framing=framing, seed=config.seed, label_offset=label_offset)
+        common = dict(input_size=config.input_size, framing=framing, label_offset=label_offset)
         train_parts.append(FaceDataset(table, np.flatnonzero(~is_val), augment=augment, jitter=config.jitter, **common))
         val_parts.append(FaceDataset(table, np.flatnonzero(is_val), **common))
         val_names += [f"{path.name}:{table.names[i]}" for i in np.flatnonzero(is_val)]
@@ -265,8 +265,6 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
-            for part in train_set.datasets:
-                part.epoch = epoch
             train_loss = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, config, device, epoch, spec.pixel_scale, show_progress)
             metrics = {"epoch": epoch + 1, "train_loss": train_loss, **evaluate(model, val_loader, config, device, spec.pixel_scale)}
             metrics["seconds"] = round(time.perf_counter() - started, 2)

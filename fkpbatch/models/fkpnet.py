@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import pointwise_conv
 from .registry import register_model
 
 
@@ -31,7 +32,7 @@ class BasicBlock(nn.Module):
         self.shortcut = (
             nn.Identity()
             if stride == 1 and cin == cout
-            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            else nn.Sequential(pointwise_conv(cin, cout, stride, bias=False), nn.BatchNorm2d(cout))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import pointwise_conv
 from .registry import register_model
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2), nn.BatchNorm2d(cout)]
+    conv = pointwise_conv(cin, cout, stride) if kernel == 1 else nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2)
+    return [conv, nn.BatchNorm2d(cout)]
 
 
 class Bottleneck(nn.Module):
