@@ -19,6 +19,10 @@ class UnknownModelError(FkpError):
     """An architecture name that is not in the registry."""
 
 
+class OutputError(FkpError):
+    """An output that cannot or must not be written (missing folder, full disk, an input, exists)."""
+
+
 class DataError(FkpError):
     """A training or evaluation file that cannot be used (names the file and line)."""
 
