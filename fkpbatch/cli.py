@@ -221,6 +221,10 @@ def evaluate(
         if "quality_vs_nme_spearman" in report:
             line += f"  quality~NME Spearman {report['quality_vs_nme_spearman']:+.2f}"
         console.print(line, highlight=False)
+        if "points68" in report:
+            figures = report["points68"]
+            console.print(f"68 iBUG points: NME {figures['nme_percent']:.2f} % (outer eye corners)  "
+                          f"failures {figures['failure_percent']:.2f} %", highlight=False)
     if json_out:
         json_out.write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n")
 
