@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 from PIL import ImageDraw
 
 from .decode import load_image
-from .engine import ImageResult
+from .results import ImageResult
 
 LEFT, RIGHT, CENTRE, BOX = (230, 40, 40), (40, 200, 40), (255, 210, 0), (0, 160, 255)
 _SAVE_AS_IS = {".jpg", ".jpeg", ".png"}

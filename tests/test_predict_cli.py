@@ -142,7 +142,7 @@ def test_version_and_module_entry_point():
 def test_python_api_returns_the_csv_as_a_dataframe(folder, tiny_weights):
     import fkpbatch
 
-    frame = fkpbatch.predict(folder, tiny_weights, workers=0)
+    frame = fkpbatch.predict(folder, weights=tiny_weights, workers=0)
     cli = pd.read_csv(io.StringIO(invoke(folder, "-w", tiny_weights, "--workers", "0", "-q").stdout))
     assert list(frame.columns) == EXPECTED_COLUMNS
     pd.testing.assert_frame_equal(frame, cli)
