@@ -33,6 +33,12 @@ class Choice(str, Enum):
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)
 
+    def __repr__(self) -> str:  # error messages say 'parquet', not <Format.parquet: 'parquet'>
+        return repr(self.value)
+
+    def __hash__(self) -> int:  # as the string: Points.ibug68 and "68" are one dict key
+        return hash(self.value)
+
     @classmethod
     def parse(cls: type[C], value: object, option: str) -> C:
         """``value`` as a member; a UsageError naming ``option`` and the choices otherwise."""
