@@ -31,7 +31,9 @@ WorkersOption = Annotated[Optional[int], typer.Option(help="DataLoader worker pr
 BatchOption = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.", min=1)]
 RuntimeOption = Annotated[Runtime, typer.Option(help="auto = onnxruntime on the CPU, PyTorch on a GPU.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")]
-DetectOption = Annotated[Detect, typer.Option(help="auto: detect faces; an image <= 400 px with none found is taken as one tight face crop. always: detect only. never: the whole image is one face (Kaggle-style crops).")]
+DetectOption = Annotated[Detect, typer.Option(
+    help="auto: detect faces; an image <= 400 px with none found is taken as one tight face crop. always: detect only. "
+         "never: the whole image is one face (Kaggle-style crops).")]
 
 
 def _value(choice):
@@ -64,7 +66,8 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
 def predict(
     paths: Annotated[Optional[list[Path]], typer.Argument(help="Image files and folders (folders are walked recursively).", show_default=False)] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Output file; '-' = stdout.")] = "-",
-    fmt: Annotated[Optional[Format], typer.Option("--format", "-f", help="Default: from the -o extension; CSV on stdout. parquet: --engine ray only.")] = None,
+    fmt: Annotated[Optional[Format], typer.Option(
+        "--format", "-f", help="Default: from the -o extension; CSV on stdout. parquet: --engine ray only.")] = None,
     from_list: Annotated[Optional[str], typer.Option(help="File with one path per line ('-' = stdin).")] = None,
     recursive: Annotated[bool, typer.Option(help="Walk folders recursively.")] = True,
     weights: WeightsOption = None,
@@ -74,10 +77,14 @@ def predict(
     workers: WorkersOption = None,
     detect: DetectOption = PredictOptions.detect,
     faces: Annotated[Faces, typer.Option(help="largest = one face per image.")] = PredictOptions.faces,
-    min_score: Annotated[float, typer.Option(help="Minimum face detection score.", min=0.0, max=1.0)] = PredictOptions.min_score,
-    min_face: Annotated[int, typer.Option(help="Ignore detected faces smaller than this (box side, pixels).", min=0)] = PredictOptions.min_face,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs) as error rows.", min=1)] = PredictOptions.max_pixels,
-    points: Annotated[Points, typer.Option(help="15 = the Kaggle keypoints; 68 adds the iBUG p0_x..p67_y columns.")] = Points.kaggle15,
+    min_score: Annotated[float, typer.Option(
+        help="Minimum face detection score.", min=0.0, max=1.0)] = PredictOptions.min_score,
+    min_face: Annotated[int, typer.Option(
+        help="Ignore detected faces smaller than this (box side, pixels).", min=0)] = PredictOptions.min_face,
+    max_pixels: Annotated[int, typer.Option(
+        help="Refuse images with more pixels (decompression bombs) as error rows.", min=1)] = PredictOptions.max_pixels,
+    points: Annotated[Points, typer.Option(
+        help="15 = the Kaggle keypoints; 68 adds the iBUG p0_x..p67_y columns.")] = Points.kaggle15,
     annotate: Annotated[Optional[Path], typer.Option(help="Write annotated copies of the images under this folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run: skip images already in -o FILE, append the rest.")] = False,
@@ -97,8 +104,9 @@ def predict(
     with _clean_errors():
         request = BatchRequest(paths=tuple(paths or ()), out=out, fmt=fmt, points=points, recursive=recursive,
                                from_list=from_list, annotate=annotate, overwrite=overwrite, resume=resume)
-        options = PredictOptions(detect=detect, faces=faces, min_score=min_score, min_face=min_face, max_pixels=max_pixels,
-                                 batch_size=batch_size, **({} if workers is None else {"workers": workers}))
+        options = PredictOptions(detect=detect, faces=faces, min_score=min_score, min_face=min_face,
+                                 max_pixels=max_pixels, batch_size=batch_size,
+                                 **({} if workers is None else {"workers": workers}))
         shard_spec = parse_shard(shard) if shard else None
         if engine == Engine.ray:
             _predict_with_ray(request, options, weights, device, ray_address, num_gpus, concurrency, quiet)
@@ -145,7 +153,9 @@ def _progress(quiet: bool):
 @app.command()
 def train(
     data: Annotated[Optional[list[Path]], typer.Argument(help="Kaggle training.csv and/or folder CSVs (image + keypoint columns, images beside it).", show_default=False)] = None,
-    recipe: Annotated[Optional[Recipe], typer.Option(help="seed = the Kaggle notebook's (seed net, MSE, Adam 1e-3, flip+brightness); fkpnet = the shipped model's. Default: seed for Kaggle CSVs, fkpnet otherwise.")] = None,
+    recipe: Annotated[Optional[Recipe], typer.Option(
+        help="seed = the Kaggle notebook's (seed net, MSE, Adam 1e-3, flip+brightness); fkpnet = the shipped model's. "
+             "Default: seed for Kaggle CSVs, fkpnet otherwise.")] = None,
     arch: Annotated[Optional[str], typer.Option(help="Architecture (see 'fkpbatch models').")] = None,
     points: Annotated[Optional[Points], typer.Option(help="Keypoints to learn (68 needs p0_x..p67_y columns).")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (recipe: seed 100, fkpnet 60); with --resume, the new total.")] = None,
@@ -153,7 +163,8 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (recipe: seed 1e-3, fkpnet 2e-3).")] = None,
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation.", min=0.0, max=0.9)] = 0.1,
     group_by: Annotated[Optional[str], typer.Option(help="Regex whose first group names an image's group (e.g. '^(.+)_[^_]+$' = person); groups never straddle the split.")] = None,
-    augment: Annotated[Optional[Augment], typer.Option(help="seed = flip with left/right swap, brightness; strong = + rotation, scale, shift.")] = None,
+    augment: Annotated[Optional[Augment], typer.Option(
+        help="seed = flip with left/right swap, brightness; strong = + rotation, scale, shift.")] = None,
     vflip: Annotated[bool, typer.Option(help="Also flip vertically (teaches upside-down faces; off by default).")] = False,
     input_size: Annotated[Optional[int], typer.Option(help="Model input side in pixels (recipes: 96).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Folder of the images of folder CSVs (default: beside the CSV).")] = None,
@@ -175,14 +186,17 @@ def train(
     with _clean_errors():
         try:
             if resume is not None:
-                best = resume_training(resume, epochs=epochs, device=device.value, workers=workers, show_progress=show, log=log)
+                best = resume_training(resume, epochs=epochs, device=device.value, workers=workers, show_progress=show,
+                                       log=log)
             else:
                 if not data:
                     raise FkpError("give at least one training CSV (or --resume RUN_DIR)")
                 config = build_config(
                     tuple(str(p) for p in data), recipe=_value(recipe), arch=arch, points=_value(points), epochs=epochs,
-                    batch_size=batch_size, lr=lr, val_split=val_split, group_by=group_by, augment=_value(augment), vflip=vflip, input_size=input_size,
-                    images_dir=str(images) if images else None, init=str(init) if init else None, label_offsets=tuple(label_offset or ()), seed=seed, device=device.value, workers=workers, strict=strict,
+                    batch_size=batch_size, lr=lr, val_split=val_split, group_by=group_by, augment=_value(augment),
+                    vflip=vflip, input_size=input_size, images_dir=str(images) if images else None,
+                    init=str(init) if init else None, label_offsets=tuple(label_offset or ()), seed=seed,
+                    device=device.value, workers=workers, strict=strict,
                 )
                 run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
                 best = run_training(config, run_dir, show_progress=show, log=log)

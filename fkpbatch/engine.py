@@ -68,7 +68,8 @@ class FaceCropper:
                 record.status = "no_face"
                 return record
             gray = image.convert("L")
-            record.crops = torch.stack([to_uint8_tensor(crop_face(gray, box, self.spec.input_size)) for box, _ in faces])
+            size = self.spec.input_size
+            record.crops = torch.stack([to_uint8_tensor(crop_face(gray, box, size)) for box, _ in faces])
             record.boxes, record.scores = [b for b, _ in faces], [s for _, s in faces]
             return record
         except DecodeError as exc:
@@ -186,7 +187,7 @@ def load_item(item: InputFile | InMemoryImage, max_pixels: int) -> Image.Image:
     if isinstance(item, InMemoryImage):
         width, height = item.image.size
         if width * height > max_pixels:
-            raise DecodeError(f"image is {width}x{height} = {width * height:,} pixels, over --max-pixels {max_pixels:,}")
+            raise DecodeError(f"image is {width}x{height} = {width * height:,} pixels, over max_pixels {max_pixels:,}")
         return item.image
     return load_image(item.path, max_pixels)
 
@@ -240,7 +241,8 @@ class Predictor:
         quality = out.get("quality")
         return out["keypoints"].float().cpu().numpy(), None if quality is None else quality.float().cpu().numpy()
 
-    def predict_paths(self, files: Iterable[InputFile | PathLike], options: PredictOptions | None = None) -> Iterator[ImageResult]:
+    def predict_paths(self, files: Iterable[InputFile | PathLike],
+                      options: PredictOptions | None = None) -> Iterator[ImageResult]:
         """Yield one :class:`ImageResult` per file, in input order, as batches finish.
 
         ``files``: paths (``str`` or ``Path``; a folder stands for its files, sorted) or the
@@ -277,14 +279,16 @@ class Predictor:
         for crops, records in loader:
             yield from self.results(crops, records, [items[r.index] for r in records])
 
-    def results(self, crops: torch.Tensor, records: list[CropRecord], items: list[InputFile | InMemoryImage]) -> list[ImageResult]:
+    def results(self, crops: torch.Tensor, records: list[CropRecord],
+                items: list[InputFile | InMemoryImage]) -> list[ImageResult]:
         """Run the model on a batch's crops and map keypoints back into each record's image."""
         names = self.spec.keypoints
         unit, quality = self._keypoints(crops) if len(crops) else (np.zeros((0, len(names), 2)), None)
         results, face = [], 0
         for record, item in zip(records, items):
             source = item if isinstance(item, InputFile) else None
-            result = ImageResult(item.name, record.status, record.error, record.width, record.height, source=source, names=names)
+            result = ImageResult(item.name, record.status, record.error, record.width, record.height,
+                                 source=source, names=names)
             for box, score in zip(record.boxes, record.scores):
                 q = None if quality is None else float(quality[face])
                 result.faces.append(FaceResult(box, score, from_unit(unit[face], box), q, names))

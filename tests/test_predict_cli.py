@@ -89,7 +89,8 @@ def test_existing_output_is_not_overwritten_without_overwrite(folder, tiny_weigh
     [
         (["/no/such/folder"], "/no/such/folder: no such file or folder"),
         # choice options are Enums: Typer checks them, all with one message form, and --help lists them
-        (["--detect", "sometimes"], "Invalid value for '--detect': 'sometimes' is not one of 'auto', 'always', 'never'"),
+        (["--detect", "sometimes"],
+         "Invalid value for '--detect': 'sometimes' is not one of 'auto', 'always', 'never'"),
         (["--faces", "some"], "Invalid value for '--faces': 'some' is not one of 'all', 'largest'"),
         (["--points", "5"], "Invalid value for '--points': '5' is not one of '15', '68'"),
     ],
