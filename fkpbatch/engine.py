@@ -164,6 +164,7 @@ class InMemoryImage:
 
     @property
     def path(self) -> None:
+        """No file behind it (for code that reads ``item.path``)."""
         return None
 
 
