@@ -308,8 +308,20 @@ def models():
 
 
 def run() -> None:
-    """Console-script entry point."""
-    app(prog_name="fkpbatch")
+    """Console-script entry point. A command-line usage error (a bad choice, a value out of range, an
+    unknown option) is one line naming the fix, like every other error, instead of a framed box."""
+    try:
+        code = app(prog_name="fkpbatch", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C outside a command's own handling (e.g. while parsing)
+        raise SystemExit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the parser's usage errors, whichever click Typer bundles
+        if not hasattr(exc, "format_message"):
+            raise
+        context = getattr(exc, "ctx", None)
+        hint = f" (see '{context.command_path} --help')" if context is not None else ""
+        err.print(f"[red]error:[/red] {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
