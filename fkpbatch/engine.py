@@ -17,11 +17,12 @@ from .checkpoint import ModelSpec, load_model
 from .decode import DEFAULT_MAX_PIXELS, load_image
 from .detect import DEFAULT_MIN_SCORE, FaceDetector
 from .discover import InputFile
-from .errors import DecodeError, UsageError, WeightsError
+from .errors import DecodeError, UsageError
 from .runtime import autocast, cpu_count, default_workers, resolve_device, to_model_input
 from .transforms import Box, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
+from .zoo import DEFAULT_MODEL, model_path, resolve_weights
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "fkpnet68.pt"
+DEFAULT_WEIGHTS = model_path(DEFAULT_MODEL)
 DETECT_MODES = ("auto", "always", "never")
 # --detect auto: a roughly square image of 32..400 px with no detected face is taken as a tight
 # face crop (Kaggle's 96x96 faces, faces15-like crops); anything else without a face is no_face.
@@ -174,13 +175,12 @@ class Predictor:
                     raise UsageError(f"--runtime onnxruntime: {spec.arch} cannot be exported to ONNX ({type(exc).__name__})") from None
 
     @classmethod
-    def load(cls, weights: str | Path | None = None, device: str = "auto", runtime: str = "auto") -> "Predictor":
-        """Load ``weights`` (a checkpoint from ``fkpbatch train``) or the shipped default model."""
-        path = Path(weights) if weights else DEFAULT_WEIGHTS
-        if weights is None and not path.exists():
-            raise WeightsError(f"no default weights at {path}; pass --weights FILE from 'fkpbatch train'")
-        model, spec = load_model(path)
-        return cls(model, spec, resolve_device(device), runtime)
+    def load(cls, weights: str | Path | None = None, device: str = "auto", runtime: str = "auto", *,
+             model: str | None = None) -> Predictor:
+        """Load ``weights`` (a checkpoint from ``fkpbatch train``) or the shipped ``model`` by name
+        (``fast``, the default, or ``accurate``; see ``fkpbatch models``)."""
+        network, spec = load_model(resolve_weights(weights or None, model))
+        return cls(network, spec, resolve_device(device), runtime)
 
     @torch.inference_mode()
     def _keypoints(self, crops: torch.Tensor):
