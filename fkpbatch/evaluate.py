@@ -83,7 +83,7 @@ def evaluate_checkpoint(
         labels = table.points[rows]
         pred, quality, missed = _match_faces(results, _expand(labels, names), names)
         framing_index = [KAGGLE_POINTS.index(n) for n in FRAMING_POINTS]
-        scale = np.array([box_from_points(l[framing_index], KAGGLE_FRAMING).size / KAGGLE_SIZE for l in labels])
+        scale = np.array([box_from_points(row[framing_index], KAGGLE_FRAMING).size / KAGGLE_SIZE for row in labels])
     index = [names.index(n) for n in common]
     pred, labels = pred[:, index], labels[:, [KAGGLE_POINTS.index(n) for n in common]]
     found = np.isfinite(pred).all(axis=(1, 2))
