@@ -15,6 +15,7 @@ from rich.table import Table
 from . import __version__
 from .detect import DEFAULT_MIN_SCORE
 from .errors import FkpError
+from .zoo import DEFAULT_MODEL, SHIPPED_MODELS
 
 app = typer.Typer(
     help="Facial keypoints for large batches of face images: predict, train, evaluate.",
@@ -22,15 +23,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+# soft_wrap: a log (stderr not a terminal) gets whole lines, not lines folded at 80 columns.
+err = Console(stderr=True, soft_wrap=True)
 
 # Options shared by several commands, declared once.
-WeightsOption = Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint from 'fkpbatch train' (default: the shipped model in weights/).")]
+WeightsOption = Annotated[
+    Optional[Path], typer.Option("--weights", "-w", help="Your checkpoint from 'fkpbatch train' (instead of --model).")
+]
+ModelOption = Annotated[
+    Optional[str],
+    typer.Option(help=f"Shipped model: {' | '.join(SHIPPED_MODELS)} (default {DEFAULT_MODEL}; see 'fkpbatch models').",
+                 show_default=False),
+]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if available, else MPS, else CPU) | cpu | cuda | mps.")]
 WorkersOption = Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: min(4, cores)).", min=0)]
 BatchOption = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.", min=1)]
 RuntimeOption = Annotated[str, typer.Option(help="auto (onnxruntime on the CPU, PyTorch on a GPU) | torch | onnxruntime.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr (settings, all warnings).")]
 DetectOption = Annotated[str, typer.Option(help="auto: detect faces; an image <= 400 px with none found is taken as one tight face crop. always: detect only. never: the whole image is one face (Kaggle-style crops).")]
 
 
@@ -46,8 +56,14 @@ def _clean_errors():
 
 def _version(value: bool):
     if value:
-        typer.echo(f"fkpbatch {__version__}")
+        default = SHIPPED_MODELS[DEFAULT_MODEL]
+        typer.echo(f"fkpbatch {__version__} (default model: {default.name} = {default.file}, {default.input_size} px)")
         raise typer.Exit()
+
+
+def _say(message: str) -> None:
+    """A plain line on stderr: no markup, never wrapped."""
+    err.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.callback()
@@ -62,6 +78,7 @@ def predict(
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="csv | json | jsonl (default: from the -o extension; CSV on stdout).")] = None,
     from_list: Annotated[Optional[str], typer.Option(help="File with one path per line ('-' = stdin).")] = None,
     recursive: Annotated[bool, typer.Option(help="Walk folders recursively.")] = True,
+    model: ModelOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = "auto",
     runtime: RuntimeOption = "auto",
@@ -83,12 +100,15 @@ def predict(
     num_gpus: Annotated[float, typer.Option(help="With --engine ray: GPUs per keypoint actor.", min=0.0)] = 0.0,
     concurrency: Annotated[int, typer.Option(help="With --engine ray: keypoint model actors (decoding runs as Ray tasks on the other CPUs).", min=1)] = 1,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ):
     """Find facial keypoints in images and write one row per face (CSV on stdout by default)."""
     from .batch import BatchRequest, run_batch
     from .engine import Predictor, PredictOptions
+    from .progress import progress_for
     from .runtime import default_workers
     from .shard import parse_shard
+    from .zoo import resolve_weights
 
     with _clean_errors():
         if points not in ("15", "68"):
@@ -98,25 +118,33 @@ def predict(
         shard_spec = parse_shard(shard) if shard else None
         if engine not in ("local", "ray"):
             raise FkpError(f"--engine must be local or ray, not {engine!r}")
+        weights = resolve_weights(weights, model)
         if engine == "ray":
             _predict_with_ray(request, options, weights, device, ray_address, num_gpus, concurrency, quiet)
             return
         predictor = Predictor.load(weights, device, runtime)
-        progress = _progress(quiet)
+        if verbose and not quiet:
+            spec = predictor.spec
+            runner = "onnxruntime" if predictor.onnx is not None else "PyTorch"
+            _say(f"model {weights} ({spec.arch}, {len(spec.keypoints)} points, {spec.input_size} px) "
+                 f"on {predictor.device} in {runner}; batch {options.batch_size}, {options.workers} workers, "
+                 f"--detect {options.detect}")
+        progress = progress_for("predict", quiet=quiet, terminal=err.is_terminal, console=err)
         try:
             with progress:
-                task = progress.add_task("predicting", total=None)
                 summary = run_batch(predictor, request, options, shard=shard_spec,
-                                    on_start=lambda n: progress.update(task, total=n),
-                                    on_batch=lambda n: progress.advance(task, n))
+                                    on_start=progress.start, on_batch=progress.advance)
         except KeyboardInterrupt:
             target = out if out != "-" else "FILE"
             err.print(f"interrupted; rows written so far are complete. Continue with: fkpbatch predict ... -o {target} --resume", highlight=False)
             raise typer.Exit(130) from None
-    for warning in summary.warnings[:20]:
-        err.print(f"warning: {warning}", highlight=False)
     if not quiet:
-        err.print(summary.line(), highlight=False)
+        shown = summary.warnings if verbose else summary.warnings[:20]
+        for warning in shown:
+            _say(f"warning: {warning}")
+        if len(shown) < len(summary.warnings):
+            _say(f"... and {len(summary.warnings) - len(shown)} more warnings (-v shows all)")
+        _say(summary.line())
     if strict and summary.errors:
         raise typer.Exit(1)
 
@@ -131,13 +159,6 @@ def _predict_with_ray(request, options, weights, device, address, num_gpus, conc
                     num_gpus=num_gpus, concurrency=concurrency, device=device)
     if not quiet:
         err.print(f"{count} input files processed by Ray; shards in {request.out}", highlight=False)
-
-
-def _progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, disable=quiet or not err.is_terminal, transient=True)
 
 
 @app.command()
@@ -164,16 +185,18 @@ def train(
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers.")] = 2,
     strict: Annotated[bool, typer.Option(help="Missing image files are an error, not a warning.")] = False,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ):
-    """Train a keypoint model; writes best.pt, last.pt, metrics.jsonl, config.json and loss.png."""
+    """Train a keypoint model; writes best.pt, last.pt, metrics.jsonl/.csv, config.json and loss.png (see README)."""
     from .train import build_config, resume_training, train as run_training
 
-    log = (lambda message: None) if quiet else (lambda message: err.print(message, highlight=False))
+    log = (lambda message: None) if quiet else _say
     show = not quiet and err.is_terminal
+    common = dict(show_progress=show, log=log, verbose=verbose and not quiet)
     with _clean_errors():
         try:
             if resume is not None:
-                best = resume_training(resume, epochs=epochs, device=device, workers=workers, show_progress=show, log=log)
+                best = resume_training(resume, epochs=epochs, device=device, workers=workers, **common)
             else:
                 if not data:
                     raise FkpError("give at least one training CSV (or --resume RUN_DIR)")
@@ -183,16 +206,16 @@ def train(
                     images_dir=str(images) if images else None, init=str(init) if init else None, label_offsets=tuple(label_offset or ()), seed=seed, device=device, workers=workers, strict=strict,
                 )
                 run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-                best = run_training(config, run_dir, show_progress=show, log=log)
+                best = run_training(config, run_dir, **common)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
-    if not quiet:
-        err.print(f"best weights: {best}", highlight=False)
+    log(f"best weights: {best}")
 
 
 @app.command()
 def evaluate(
     data: Annotated[list[Path], typer.Argument(help="Labelled data: Kaggle CSV or folder CSV.", show_default=False)],
+    model: ModelOption = None,
     weights: WeightsOption = None,
     holdout: Annotated[Optional[Path], typer.Option(help="Training run folder: evaluate only the images it held out.")] = None,
     detect: DetectOption = "auto",
@@ -206,7 +229,7 @@ def evaluate(
     from .runtime import default_workers
 
     with _clean_errors():
-        predictor = Predictor.load(weights, device)
+        predictor = Predictor.load(weights, device, model=model)
         options = PredictOptions(detect=detect, workers=default_workers() if workers is None else workers)
         reports = [evaluate_checkpoint(predictor, path, holdout=holdout, options=options) for path in data]
     console = Console()
@@ -230,6 +253,7 @@ def submission(
     test_csv: Annotated[Path, typer.Argument(help="Kaggle test.csv (ImageId, Image).", show_default=False)],
     lookup: Annotated[Path, typer.Option(help="Kaggle IdLookupTable.csv.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Submission CSV to write.")] = Path("submission.csv"),
+    model: ModelOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = "auto",
 ):
@@ -238,7 +262,7 @@ def submission(
     from .evaluate import write_submission
 
     with _clean_errors():
-        rows = write_submission(Predictor.load(weights, device), test_csv, lookup, out)
+        rows = write_submission(Predictor.load(weights, device, model=model), test_csv, lookup, out)
     err.print(f"wrote {rows} rows to {out}", highlight=False)
 
 
@@ -266,26 +290,34 @@ def merge(
 @app.command()
 def export(
     onnx: Annotated[Path, typer.Option(help="ONNX file to write (input: uint8 crops N x 1 x S x S; outputs: keypoints in crop units, quality).")],
+    model: ModelOption = None,
     weights: WeightsOption = None,
 ):
     """Export a keypoint model to ONNX, for other runtimes."""
     from .checkpoint import load_model
-    from .engine import DEFAULT_WEIGHTS
     from .export import export_onnx
+    from .zoo import resolve_weights
 
     with _clean_errors():
-        model, spec = load_model(weights or DEFAULT_WEIGHTS)
-        export_onnx(model, spec, onnx)
+        network, spec = load_model(resolve_weights(weights, model))
+        export_onnx(network, spec, onnx)
     err.print(f"wrote {onnx} ({spec.arch}, {len(spec.keypoints)} keypoints, input {spec.input_size}x{spec.input_size} uint8)", highlight=False)
 
 
 @app.command()
 def models():
-    """List the registered architectures."""
+    """List the shipped models (for --model) with their size, speed and accuracy, and the registered architectures."""
     from .models import list_models
 
-    for name in list_models():
-        typer.echo(name)
+    rows = [(f"{m.name} (default)" if m.name == DEFAULT_MODEL else m.name, m.file, f"{m.input_size} px",
+             f"{m.faces_per_s} faces/s", f"NME {m.nme_faces15:.2f} % / {m.nme_helen:.2f} %", m.summary)
+            for m in SHIPPED_MODELS.values()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    typer.echo("Shipped models (--model NAME). Speed: model alone, batch 64, 2-core CPU; NME: held-out faces15 /")
+    typer.echo("HELEN; figures from the model card, weights/README.md.")
+    for row in rows:
+        typer.echo("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    typer.echo("Architectures (fkpbatch train --arch): " + ", ".join(list_models()))
 
 
 def run() -> None:
