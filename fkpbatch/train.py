@@ -23,6 +23,7 @@ from .errors import DataError, TrainingDiverged, UsageError
 from .fileio import write_bytes_atomic
 from .keypoints import KAGGLE_POINTS, points_for
 from .metrics import nme_per_face, rmse
+from .progress import LineProgress
 from .runtime import autocast, resolve_device, to_model_input
 from .augment import TrainAugment
 from .transforms import Framing
@@ -90,11 +91,16 @@ def _forward_loss(model, images, targets, config: TrainConfig, device, pixel_sca
     return loss, pred
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, config, device, epoch, pixel_scale, show_progress):
-    """One pass over ``loader``; returns (mean training loss, learning rate of the epoch's last step)."""
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, config, device, epoch, pixel_scale, show_progress,
+                    lines=None):
+    """One pass over ``loader``; returns (mean training loss, learning rate of the epoch's last step).
+    ``lines``: a :class:`~fkpbatch.progress.LineProgress` for logs (``train -v`` off a terminal)."""
     model.train()
     total, count, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show_progress, file=sys.stderr)
+    if lines is not None:
+        lines.label = f"epoch {epoch + 1}/{config.epochs}"
+        lines.start(len(loader))
     for step, (images, targets) in enumerate(bar):
         loss, _ = _forward_loss(model, images, targets, config, device, pixel_scale)
         if not torch.isfinite(loss):
@@ -108,6 +114,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, config, device,
         total += loss.item() * len(images)
         count += len(images)
         bar.set_postfix(loss=f"{total / count:.5f}")
+        if lines is not None:
+            lines.advance(1)
     return total / max(count, 1), lr
 
 
@@ -345,6 +353,8 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
     if verbose:
         log(f"config: {json.dumps(config.to_dict())}")
     board = _tensorboard(out_dir, log if verbose else (lambda message: None))
+    # train -v in a log: a plain progress line every 10 s within each epoch (a terminal gets tqdm's bar)
+    lines = LineProgress("epoch", "batches", write=log) if verbose and not show_progress else None
 
     def save_last(epoch: int) -> None:
         save_checkpoint(out_dir / "last.pt", spec, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
@@ -355,7 +365,7 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
             train_loss, lr = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, config, device, epoch,
-                                             spec.pixel_scale, show_progress)
+                                             spec.pixel_scale, show_progress, lines)
             metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                        **evaluate(model, val_loader, config, device, spec.pixel_scale)}
             metrics["seconds"] = round(time.perf_counter() - started, 2)

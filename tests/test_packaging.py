@@ -140,3 +140,15 @@ def test_predict_through_a_pipe_has_unwrapped_lines(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert any(PROGRESS.match(line) for line in lines) and SUMMARY.match(lines[-1]), lines
+
+
+def test_every_file_in_weights_is_package_data():
+    """A model added to weights/ but not to pyproject.toml's package-data would be missing from the wheel."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"]["fkpbatch.weights"] == "weights" and "fkpbatch.weights" in setuptools["packages"]
+    patterns = setuptools["package-data"]["fkpbatch.weights"]
+    files = [p.name for p in (REPO / "weights").iterdir() if p.is_file() and p.suffix != ".py"]
+    assert files and all(any(fnmatch.fnmatch(name, pattern) for pattern in patterns) for name in files), files

@@ -269,6 +269,7 @@ def test_a_run_folder_is_self_contained_and_its_log_is_plain_lines(kaggle_csv, t
     epoch_line = re.compile(r"^epoch [12]/2: lr 0\.001, train loss [\d.]+, val loss [\d.]+, val RMSE [\d.]+ px\(96\), "
                             r"val NME [\d.]+ %, \d+ s( \(best so far\))?$")
     assert len([line for line in lines if epoch_line.match(line)]) == 2, lines
+    assert any(re.match(r"^epoch 2/2: \d+/\d+ batches \(100 %\), [\d.]+ batches/s", line) for line in lines), lines
     prefixes = ("training fkpnet_tiny on", "config: {", "TensorBoard logs in", "epoch ", "best weights: ")
     assert all(line.startswith(prefixes) for line in lines), lines
     run = work / "run"
