@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .annotate import draw_result
+from .annotate import ContactSheet, draw_result
 from .discover import InputFile, discover
 from .engine import Predictor, PredictOptions
 from .errors import UsageError
@@ -92,6 +92,7 @@ def run_batch(
     summary = Summary(skipped=found.hidden, resumed=len(files) - len(todo))
     if request.annotate is not None:
         request.annotate.mkdir(parents=True, exist_ok=True)
+    sheet = ContactSheet() if request.annotate is not None else None
     if on_start:
         on_start(len(todo))
     drawn = set(points_for(request.points))
@@ -103,7 +104,7 @@ def run_batch(
                 pending.append(result)
                 _count(summary, result)
                 if request.annotate is not None and result.faces:
-                    warning = draw_result(result, predictor.spec.keypoints, request.annotate, drawn)
+                    warning = draw_result(result, predictor.spec.keypoints, request.annotate, drawn, sheet)
                     if warning:
                         summary.warnings.append(warning)
                 if len(pending) >= options.batch_size:
@@ -116,6 +117,8 @@ def run_batch(
             summary.seconds = time.perf_counter() - started
     if on_batch:
         on_batch(len(pending))
+    if sheet is not None:
+        summary.warnings.extend(sheet.save(request.annotate, inputs=[f.path for f in files]))
     return summary
 
 

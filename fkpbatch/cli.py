@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .detect import DEFAULT_MIN_SCORE
 from .errors import FkpError
+from .options import Augment, Detect, Device, Engine, Faces, Format, Model, Points, PredictOptions, Recipe, Runtime
 from .zoo import DEFAULT_MODEL, SHIPPED_MODELS
 
 app = typer.Typer(
@@ -31,17 +31,24 @@ WeightsOption = Annotated[
     Optional[Path], typer.Option("--weights", "-w", help="Your checkpoint from 'fkpbatch train' (instead of --model).")
 ]
 ModelOption = Annotated[
-    Optional[str],
-    typer.Option(help=f"Shipped model: {' | '.join(SHIPPED_MODELS)} (default {DEFAULT_MODEL}; see 'fkpbatch models').",
+    Optional[Model],
+    typer.Option(help=f"Shipped model (default {DEFAULT_MODEL}; see 'fkpbatch models'). Not with --weights.",
                  show_default=False),
 ]
-DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if available, else MPS, else CPU) | cpu | cuda | mps.")]
+DeviceOption = Annotated[Device, typer.Option(help="auto = CUDA if available, else MPS, else CPU.")]
 WorkersOption = Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: min(4, cores)).", min=0)]
 BatchOption = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.", min=1)]
-RuntimeOption = Annotated[str, typer.Option(help="auto (onnxruntime on the CPU, PyTorch on a GPU) | torch | onnxruntime.")]
+RuntimeOption = Annotated[Runtime, typer.Option(help="auto = onnxruntime on the CPU, PyTorch on a GPU.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr (settings, all warnings).")]
-DetectOption = Annotated[str, typer.Option(help="auto: detect faces; an image <= 400 px with none found is taken as one tight face crop. always: detect only. never: the whole image is one face (Kaggle-style crops).")]
+DetectOption = Annotated[Detect, typer.Option(
+    help="auto: detect faces; an image <= 400 px with none found is taken as one tight face crop. always: detect only. "
+         "never: the whole image is one face (Kaggle-style crops).")]
+
+
+def _value(choice):
+    """An option Enum as its plain string (for configs saved in checkpoints), None as None."""
+    return None if choice is None else choice.value
 
 
 @contextmanager
@@ -75,27 +82,32 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
 def predict(
     paths: Annotated[Optional[list[Path]], typer.Argument(help="Image files and folders (folders are walked recursively).", show_default=False)] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Output file; '-' = stdout.")] = "-",
-    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="csv | json | jsonl (default: from the -o extension; CSV on stdout).")] = None,
+    fmt: Annotated[Optional[Format], typer.Option(
+        "--format", "-f", help="Default: from the -o extension; CSV on stdout. parquet: --engine ray only.")] = None,
     from_list: Annotated[Optional[str], typer.Option(help="File with one path per line ('-' = stdin).")] = None,
     recursive: Annotated[bool, typer.Option(help="Walk folders recursively.")] = True,
     model: ModelOption = None,
     weights: WeightsOption = None,
-    device: DeviceOption = "auto",
-    runtime: RuntimeOption = "auto",
-    batch_size: BatchOption = 64,
+    device: DeviceOption = Device.auto,
+    runtime: RuntimeOption = Runtime.auto,
+    batch_size: BatchOption = PredictOptions.batch_size,
     workers: WorkersOption = None,
-    detect: DetectOption = "auto",
-    faces: Annotated[str, typer.Option(help="all | largest (one face per image).")] = "all",
-    min_score: Annotated[float, typer.Option(help="Minimum face detection score.", min=0.0, max=1.0)] = DEFAULT_MIN_SCORE,
-    min_face: Annotated[int, typer.Option(help="Ignore detected faces smaller than this (box side, pixels).", min=0)] = 20,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs) as error rows.", min=1)] = 100_000_000,
-    points: Annotated[str, typer.Option(help="15 (Kaggle keypoints) | 68 (adds iBUG p0_x..p67_y columns).")] = "15",
+    detect: DetectOption = PredictOptions.detect,
+    faces: Annotated[Faces, typer.Option(help="largest = one face per image.")] = PredictOptions.faces,
+    min_score: Annotated[float, typer.Option(
+        help="Minimum face detection score.", min=0.0, max=1.0)] = PredictOptions.min_score,
+    min_face: Annotated[int, typer.Option(
+        help="Ignore detected faces smaller than this (box side, pixels).", min=0)] = PredictOptions.min_face,
+    max_pixels: Annotated[int, typer.Option(
+        help="Refuse images with more pixels (decompression bombs) as error rows.", min=1)] = PredictOptions.max_pixels,
+    points: Annotated[Points, typer.Option(
+        help="15 = the Kaggle keypoints; 68 adds the iBUG p0_x..p67_y columns.")] = Points.kaggle15,
     annotate: Annotated[Optional[Path], typer.Option(help="Write annotated copies of the images under this folder.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run: skip images already in -o FILE, append the rest.")] = False,
     shard: Annotated[Optional[str], typer.Option(help="K/N: process only shard K (0-based) of N, for job arrays.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any file failed.")] = False,
-    engine: Annotated[str, typer.Option(help="local | ray (a Ray Data job; -o is then a folder of shards).")] = "local",
+    engine: Annotated[Engine, typer.Option(help="ray = a Ray Data job; -o is then a folder of shards.")] = Engine.local,
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
     num_gpus: Annotated[float, typer.Option(help="With --engine ray: GPUs per keypoint actor.", min=0.0)] = 0.0,
     concurrency: Annotated[int, typer.Option(help="With --engine ray: keypoint model actors (decoding runs as Ray tasks on the other CPUs).", min=1)] = 1,
@@ -104,22 +116,20 @@ def predict(
 ):
     """Find facial keypoints in images and write one row per face (CSV on stdout by default)."""
     from .batch import BatchRequest, run_batch
-    from .engine import Predictor, PredictOptions
+    from .engine import Predictor
     from .progress import progress_for
-    from .runtime import default_workers
     from .shard import parse_shard
     from .zoo import resolve_weights
 
     with _clean_errors():
-        if points not in ("15", "68"):
-            raise FkpError(f"--points must be 15 or 68, not {points!r}")
-        request = BatchRequest(tuple(paths or ()), out, fmt, points, recursive, from_list, annotate, overwrite, resume)
-        options = PredictOptions(detect, faces, min_score, min_face, max_pixels, batch_size, default_workers() if workers is None else workers)
+        request = BatchRequest(paths=tuple(paths or ()), out=out, fmt=fmt, points=points, recursive=recursive,
+                               from_list=from_list, annotate=annotate, overwrite=overwrite, resume=resume)
+        options = PredictOptions(detect=detect, faces=faces, min_score=min_score, min_face=min_face,
+                                 max_pixels=max_pixels, batch_size=batch_size,
+                                 **({} if workers is None else {"workers": workers}))
         shard_spec = parse_shard(shard) if shard else None
-        if engine not in ("local", "ray"):
-            raise FkpError(f"--engine must be local or ray, not {engine!r}")
         weights = resolve_weights(weights, model)
-        if engine == "ray":
+        if engine == Engine.ray:
             _predict_with_ray(request, options, weights, device, ray_address, num_gpus, concurrency, quiet)
             return
         predictor = Predictor.load(weights, device, runtime)
@@ -156,7 +166,7 @@ def _predict_with_ray(request, options, weights, device, address, num_gpus, conc
         raise FkpError("--engine ray writes shards into a folder: give -o DIR")
     count = run_ray(list(request.paths), Path(request.out), weights=weights, options=options, fmt=request.fmt or "csv",
                     points=request.points, recursive=request.recursive, from_list=request.from_list, address=address,
-                    num_gpus=num_gpus, concurrency=concurrency, device=device)
+                    num_gpus=num_gpus, concurrency=concurrency, device=str(device))
     if not quiet:
         err.print(f"{count} input files processed by Ray; shards in {request.out}", highlight=False)
 
@@ -164,15 +174,18 @@ def _predict_with_ray(request, options, weights, device, address, num_gpus, conc
 @app.command()
 def train(
     data: Annotated[Optional[list[Path]], typer.Argument(help="Kaggle training.csv and/or folder CSVs (image + keypoint columns, images beside it).", show_default=False)] = None,
-    recipe: Annotated[Optional[str], typer.Option(help="seed (the Kaggle notebook: seed net, MSE, Adam 1e-3, flip+brightness) | fkpnet (the shipped model's). Default: seed for Kaggle CSVs, fkpnet otherwise.")] = None,
+    recipe: Annotated[Optional[Recipe], typer.Option(
+        help="seed = the Kaggle notebook's (seed net, MSE, Adam 1e-3, flip+brightness); fkpnet = the shipped model's. "
+             "Default: seed for Kaggle CSVs, fkpnet otherwise.")] = None,
     arch: Annotated[Optional[str], typer.Option(help="Architecture (see 'fkpbatch models').")] = None,
-    points: Annotated[Optional[str], typer.Option(help="15 | 68 keypoints to learn (68 needs p0_x..p67_y columns).")] = None,
+    points: Annotated[Optional[Points], typer.Option(help="Keypoints to learn (68 needs p0_x..p67_y columns).")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (recipe: seed 100, fkpnet 60); with --resume, the new total.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Batch size (recipe: seed 64, fkpnet 32).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (recipe: seed 1e-3, fkpnet 2e-3).")] = None,
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation.", min=0.0, max=0.9)] = 0.1,
     group_by: Annotated[Optional[str], typer.Option(help="Regex whose first group names an image's group (e.g. '^(.+)_[^_]+$' = person); groups never straddle the split.")] = None,
-    augment: Annotated[Optional[str], typer.Option(help="none | seed (flip with left/right swap, brightness) | strong (+ rotation, scale, shift).")] = None,
+    augment: Annotated[Optional[Augment], typer.Option(
+        help="seed = flip with left/right swap, brightness; strong = + rotation, scale, shift.")] = None,
     vflip: Annotated[bool, typer.Option(help="Also flip vertically (teaches upside-down faces; off by default).")] = False,
     input_size: Annotated[Optional[int], typer.Option(help="Model input side in pixels (recipes: 96).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Folder of the images of folder CSVs (default: beside the CSV).")] = None,
@@ -181,7 +194,7 @@ def train(
     init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from these weights (e.g. weights/fkpnet68.pt) instead of random ones; same --arch and --points, any --input-size.")] = None,
     label_offset: Annotated[Optional[list[str]], typer.Option(metavar="DX,DY", help="Pixels: where a CSV's labels sit relative to the pixel grid (1,1 for 1-based coordinates), once per CSV in order. Flips then keep the convention instead of blurring it.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed (splits, initialisation, augmentation).")] = 0,
-    device: DeviceOption = "auto",
+    device: DeviceOption = Device.auto,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers.")] = 2,
     strict: Annotated[bool, typer.Option(help="Missing image files are an error, not a warning.")] = False,
     quiet: QuietOption = False,
@@ -196,14 +209,16 @@ def train(
     with _clean_errors():
         try:
             if resume is not None:
-                best = resume_training(resume, epochs=epochs, device=device, workers=workers, **common)
+                best = resume_training(resume, epochs=epochs, device=device.value, workers=workers, **common)
             else:
                 if not data:
                     raise FkpError("give at least one training CSV (or --resume RUN_DIR)")
                 config = build_config(
-                    tuple(str(p) for p in data), recipe=recipe, arch=arch, points=points, epochs=epochs, batch_size=batch_size,
-                    lr=lr, val_split=val_split, group_by=group_by, augment=augment, vflip=vflip, input_size=input_size,
-                    images_dir=str(images) if images else None, init=str(init) if init else None, label_offsets=tuple(label_offset or ()), seed=seed, device=device, workers=workers, strict=strict,
+                    tuple(str(p) for p in data), recipe=_value(recipe), arch=arch, points=_value(points), epochs=epochs,
+                    batch_size=batch_size, lr=lr, val_split=val_split, group_by=group_by, augment=_value(augment),
+                    vflip=vflip, input_size=input_size, images_dir=str(images) if images else None,
+                    init=str(init) if init else None, label_offsets=tuple(label_offset or ()), seed=seed,
+                    device=device.value, workers=workers, strict=strict,
                 )
                 run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
                 best = run_training(config, run_dir, **common)
@@ -218,19 +233,18 @@ def evaluate(
     model: ModelOption = None,
     weights: WeightsOption = None,
     holdout: Annotated[Optional[Path], typer.Option(help="Training run folder: evaluate only the images it held out.")] = None,
-    detect: DetectOption = "auto",
-    device: DeviceOption = "auto",
+    detect: DetectOption = PredictOptions.detect,
+    device: DeviceOption = Device.auto,
     workers: WorkersOption = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
 ):
     """RMSE (Kaggle 96-pixel units), NME (% of outer-eye-corner distance), failure rate, per keypoint."""
-    from .engine import Predictor, PredictOptions
+    from .engine import Predictor
     from .evaluate import evaluate_checkpoint
-    from .runtime import default_workers
 
     with _clean_errors():
         predictor = Predictor.load(weights, device, model=model)
-        options = PredictOptions(detect=detect, workers=default_workers() if workers is None else workers)
+        options = PredictOptions(detect=detect, **({} if workers is None else {"workers": workers}))
         reports = [evaluate_checkpoint(predictor, path, holdout=holdout, options=options) for path in data]
     console = Console()
     for report in reports:
@@ -244,6 +258,10 @@ def evaluate(
         if "quality_vs_nme_spearman" in report:
             line += f"  quality~NME Spearman {report['quality_vs_nme_spearman']:+.2f}"
         console.print(line, highlight=False)
+        if "points68" in report:
+            figures = report["points68"]
+            console.print(f"68 iBUG points: NME {figures['nme_percent']:.2f} % (outer eye corners)  "
+                          f"failures {figures['failure_percent']:.2f} %", highlight=False)
     if json_out:
         json_out.write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n")
 
@@ -255,7 +273,7 @@ def submission(
     out: Annotated[Path, typer.Option("--out", "-o", help="Submission CSV to write.")] = Path("submission.csv"),
     model: ModelOption = None,
     weights: WeightsOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = Device.auto,
 ):
     """Write a Kaggle submission (RowId,Location), coordinates clipped to [0, 96]."""
     from .engine import Predictor

@@ -5,71 +5,33 @@ does not grow with the number of images."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import ModelSpec, load_model
-from .decode import DEFAULT_MAX_PIXELS, load_image
-from .detect import DEFAULT_MIN_SCORE, FaceDetector
-from .discover import InputFile
+from .decode import load_image, to_rgb
+from .detect import FaceDetector
+from .discover import InputFile, discover, display_name
 from .errors import DecodeError, UsageError
-from .runtime import autocast, cpu_count, default_workers, resolve_device, to_model_input
+from .options import Detect, Model, PredictOptions, Runtime
+from .results import CropRecord, FaceResult, ImageResult
+from .runtime import autocast, cpu_count, resolve_device, to_model_input
 from .transforms import Box, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
 from .zoo import DEFAULT_MODEL, model_path, resolve_weights
 
 DEFAULT_WEIGHTS = model_path(DEFAULT_MODEL)
-DETECT_MODES = ("auto", "always", "never")
+DETECT_MODES = Detect.values()
 # --detect auto: a roughly square image of 32..400 px with no detected face is taken as a tight
 # face crop (Kaggle's 96x96 faces, faces15-like crops); anything else without a face is no_face.
 CROP_FALLBACK_SIDES = (32, 400)
 CROP_FALLBACK_ASPECT = 2.0
 # RetinaFace's five points (image-left eye first) in FRAMING_POINTS order (subject's left eye first).
 _DETECTOR_TO_FRAMING = [1, 0, 2, 4, 3]
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """How images become faces; ``--help`` of ``fkpbatch predict`` explains each."""
-
-    detect: str = "auto"
-    faces: str = "all"
-    min_score: float = DEFAULT_MIN_SCORE
-    min_face: int = 20
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    batch_size: int = 64
-    workers: int = field(default_factory=default_workers)
-
-    def __post_init__(self):
-        if self.detect not in DETECT_MODES:
-            raise UsageError(f"--detect must be one of {', '.join(DETECT_MODES)}, not {self.detect!r}")
-        if self.faces not in ("all", "largest"):
-            raise UsageError(f"--faces must be 'all' or 'largest', not {self.faces!r}")
-        if self.batch_size < 1 or self.workers < 0:
-            raise UsageError("--batch-size must be at least 1 and --workers at least 0")
-
-
-@dataclass
-class FaceResult:
-    box: Box
-    score: float | None  # detector score; None when the whole image was taken as the face
-    keypoints: np.ndarray  # (K, 2) original pixels
-    quality: float | None  # 0..1 from the heatmaps' spread; None for regression models
-
-
-@dataclass
-class ImageResult:
-    image: str
-    status: str  # ok | no_face | error | skipped
-    error: str = ""
-    width: int | None = None
-    height: int | None = None
-    faces: list[FaceResult] = field(default_factory=list)
-    source: InputFile | None = None
 
 
 class FaceCropper:
@@ -96,23 +58,28 @@ class FaceCropper:
     def _detect(self, image, pad: float = 0.0):
         return [d for d in self.detector.detect(image, pad=pad) if min(d.box[2:]) >= self.options.min_face]
 
-    def __call__(self, item: InputFile) -> dict:
-        """A record: status, error, width, height, boxes, scores and the (F, 1, S, S) uint8 crops."""
-        record = {"status": "ok", "error": "", "width": None, "height": None, "boxes": [], "scores": [], "crops": self._no_crops()}
+    def __call__(self, item: InputFile | InMemoryImage) -> CropRecord:
+        """The image's :class:`CropRecord`: status, size, boxes, scores and the (F, 1, S, S) uint8 crops."""
+        record = CropRecord(crops=self._no_crops())
         try:
-            image = load_image(item.path, self.options.max_pixels)
-            record.update(width=image.width, height=image.height)
+            image = load_item(item, self.options.max_pixels)
+            record.width, record.height = image.width, image.height
             faces = self._boxes(image)
             if not faces:
-                return {**record, "status": "no_face"}
+                record.status = "no_face"
+                return record
             gray = image.convert("L")
-            crops = torch.stack([to_uint8_tensor(crop_face(gray, box, self.spec.input_size)) for box, _ in faces])
-            return {**record, "boxes": [b for b, _ in faces], "scores": [s for _, s in faces], "crops": crops}
+            size = self.spec.input_size
+            record.crops = torch.stack([to_uint8_tensor(crop_face(gray, box, size)) for box, _ in faces])
+            record.boxes, record.scores = [b for b, _ in faces], [s for _, s in faces]
+            return record
         except DecodeError as exc:
             skipped = item.skip_if_not_image and str(exc).startswith("not an image")
-            return {**record, "status": "skipped" if skipped else "error", "error": str(exc)}
+            record.status, record.error = "skipped" if skipped else "error", str(exc)
+            return record
         except Exception as exc:  # noqa: BLE001 - one odd file must never end a 100,000-image run
-            return {**record, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            record.status, record.error = "error", f"{type(exc).__name__}: {exc}"
+            return record
 
     def _no_crops(self) -> torch.Tensor:
         return torch.zeros((0, 1, self.spec.input_size, self.spec.input_size), dtype=torch.uint8)
@@ -121,14 +88,16 @@ class FaceCropper:
 class ImageSource(Dataset):
     """The input files as a Dataset of cropped faces, for a DataLoader with workers."""
 
-    def __init__(self, files: list[InputFile], spec: ModelSpec, options: PredictOptions):
+    def __init__(self, files: list[InputFile | InMemoryImage], spec: ModelSpec, options: PredictOptions):
         self.files, self.cropper = files, FaceCropper(spec, options)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> dict:
-        return {"index": index, **self.cropper(self.files[index])}
+    def __getitem__(self, index: int) -> CropRecord:
+        record = self.cropper(self.files[index])
+        record.index = index
+        return record
 
 
 def looks_like_a_face_crop(width: int, height: int) -> bool:
@@ -137,9 +106,11 @@ def looks_like_a_face_crop(width: int, height: int) -> bool:
     return low <= min(width, height) and max(width, height) <= high and max(width, height) <= CROP_FALLBACK_ASPECT * min(width, height)
 
 
-def collate_images(items: list[dict]) -> tuple[torch.Tensor, list[dict]]:
-    """All faces of a batch of images in one tensor; per-image records beside it."""
-    crops = torch.cat([item.pop("crops") for item in items])
+def collate_images(items: list[CropRecord]) -> tuple[torch.Tensor, list[CropRecord]]:
+    """All faces of a batch of images in one tensor; per-image records (without their crops) beside it."""
+    crops = torch.cat([item.crops for item in items])
+    for item in items:
+        item.crops = None
     return crops, items
 
 
@@ -147,19 +118,79 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # each worker decodes one image at a time; the model owns the cores
 
 
-RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIMES = Runtime.values()
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def input_files(items: Iterable[InputFile | PathLike], *, recursive: bool = True) -> list[InputFile]:
+    """Paths as :class:`InputFile` s, in the given order: a folder becomes its files (sorted, as
+    ``fkpbatch predict`` walks it); a missing path is a UsageError. InputFiles pass unchanged."""
+    files: list[InputFile] = []
+    for item in items:
+        if isinstance(item, InputFile):
+            files.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            path = Path(item)
+            if path.is_dir():
+                files.extend(discover([path], recursive=recursive).files)
+            elif path.exists() or path.is_symlink():
+                files.append(InputFile(path, display_name(str(path)), False, display_name(str(path))))
+            else:
+                raise UsageError(f"{display_name(str(path))}: no such file or folder")
+        else:
+            raise UsageError(f"expected a file path (str or Path), not {type(item).__name__}")
+    return files
+
+
+class InMemoryImage:
+    """An in-memory picture as a prediction input: upright RGB pixels and the name its rows get."""
+
+    skip_if_not_image = False
+
+    def __init__(self, image, name: str):
+        self.image, self.name = to_pil_image(image), name
+
+    @property
+    def path(self) -> None:
+        """No file behind it (for code that reads ``item.path``)."""
+        return None
+
+
+def to_pil_image(image) -> Image.Image:
+    """A PIL image (EXIF orientation applied, any mode) or an HxW / HxWx3 (RGB) / HxWx4 (RGBA)
+    uint8 numpy array as an upright RGB PIL image; anything else is a UsageError."""
+    if isinstance(image, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(image))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+            raise UsageError(f"an image array must be uint8 HxW, HxWx3 (RGB) or HxWx4 (RGBA), "
+                             f"not {image.dtype} {'x'.join(map(str, image.shape))}")
+        if min(image.shape[:2]) == 0:
+            raise UsageError(f"an image array of shape {'x'.join(map(str, image.shape))} has no pixels")
+        return to_rgb(Image.fromarray(np.ascontiguousarray(image)))
+    raise UsageError(f"expected a PIL image or a numpy uint8 array, not {type(image).__name__}")
+
+
+def load_item(item: InputFile | InMemoryImage, max_pixels: int) -> Image.Image:
+    """The upright RGB picture of an input: decoded from its file, or the in-memory one."""
+    if isinstance(item, InMemoryImage):
+        width, height = item.image.size
+        if width * height > max_pixels:
+            raise DecodeError(f"image is {width}x{height} = {width * height:,} pixels, over max_pixels {max_pixels:,}")
+        return item.image
+    return load_image(item.path, max_pixels)
 
 
 class Predictor:
-    """A loaded keypoint model; build once, then call :meth:`predict_paths` on any number of files.
+    """A loaded keypoint model; build once (:meth:`load`), then call :meth:`predict_paths` on any
+    number of files or :meth:`predict_images` on in-memory pictures.
 
     ``runtime``: ``auto`` runs the model with onnxruntime on the CPU (measured faster) and with
     PyTorch on a GPU; ``torch`` or ``onnxruntime`` force one.
     """
 
-    def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: torch.device, runtime: str = "auto"):
-        if runtime not in RUNTIMES:
-            raise UsageError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: torch.device, runtime: str | Runtime = "auto"):
+        runtime = Runtime.parse(runtime, "--runtime")
         if runtime == "onnxruntime" and device.type != "cpu":
             raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu")
         self.spec, self.device = spec, device
@@ -174,13 +205,18 @@ class Predictor:
                 if runtime == "onnxruntime":
                     raise UsageError(f"--runtime onnxruntime: {spec.arch} cannot be exported to ONNX ({type(exc).__name__})") from None
 
+    @property
+    def keypoints(self) -> tuple[str, ...]:
+        """The model's keypoint names, in the order of each face's ``keypoints`` rows."""
+        return self.spec.keypoints
+
     @classmethod
     def load(cls, weights: str | Path | None = None, device: str = "auto", runtime: str = "auto", *,
-             model: str | None = None) -> Predictor:
+             model: str | Model | None = None) -> Predictor:
         """Load ``weights`` (a checkpoint from ``fkpbatch train``) or the shipped ``model`` by name
-        (``fast``, the default, or ``accurate``; see ``fkpbatch models``)."""
-        network, spec = load_model(resolve_weights(weights or None, model))
-        return cls(network, spec, resolve_device(device), runtime)
+        (``fast``, the default, or ``accurate``; see ``fkpbatch models``); not both."""
+        net, spec = load_model(resolve_weights(weights, None if model is None else Model.parse(model, "model")))
+        return cls(net, spec, resolve_device(str(device)), runtime)
 
     @torch.inference_mode()
     def _keypoints(self, crops: torch.Tensor):
@@ -191,15 +227,33 @@ class Predictor:
         quality = out.get("quality")
         return out["keypoints"].float().cpu().numpy(), None if quality is None else quality.float().cpu().numpy()
 
-    def predict_paths(self, files: Iterable[InputFile], options: PredictOptions | None = None) -> Iterator[ImageResult]:
-        """Yield one :class:`ImageResult` per file, in input order, as batches finish."""
+    def predict_paths(self, files: Iterable[InputFile | PathLike],
+                      options: PredictOptions | None = None) -> Iterator[ImageResult]:
+        """Yield one :class:`ImageResult` per file, in input order, as batches finish.
+
+        ``files``: paths (``str`` or ``Path``; a folder stands for its files, sorted) or the
+        :class:`InputFile` s of :func:`fkpbatch.discover.discover`. A missing path is a UsageError
+        before anything runs; a file that cannot be decoded is an ``error`` result."""
+        yield from self._predict(input_files(files), options)
+
+    def predict_images(self, images: Iterable, options: PredictOptions | None = None, *,
+                       names: Sequence[str] | None = None) -> Iterator[ImageResult]:
+        """Yield one :class:`ImageResult` per in-memory picture, in order: PIL images or HxWx3 RGB
+        (also HxW, HxWx4) uint8 numpy arrays. Results are named ``image_0``, ``image_1``, ... unless
+        ``names`` are given; their ``source`` is None."""
+        images = [images] if isinstance(images, (Image.Image, np.ndarray)) else list(images)
+        names = [f"image_{i}" for i in range(len(images))] if names is None else list(names)
+        if len(names) != len(images):
+            raise UsageError(f"{len(names)} names for {len(images)} images")
+        yield from self._predict([InMemoryImage(image, name) for image, name in zip(images, names)], options)
+
+    def _predict(self, items: list[InputFile | InMemoryImage], options: PredictOptions | None) -> Iterator[ImageResult]:
         options = options or PredictOptions()
-        files = list(files)
-        if not files:
+        if not items:
             return
         torch.set_num_threads(cpu_count())
         loader = DataLoader(
-            ImageSource(files, self.spec, options),
+            ImageSource(items, self.spec, options),
             batch_size=options.batch_size,
             num_workers=options.workers,
             collate_fn=collate_images,
@@ -209,27 +263,21 @@ class Predictor:
             persistent_workers=False,
         )
         for crops, records in loader:
-            yield from self.results(crops, records, [files[r["index"]] for r in records])
+            yield from self.results(crops, records, [items[r.index] for r in records])
 
-    def results(self, crops: torch.Tensor, records: list[dict], items: list[InputFile]) -> list[ImageResult]:
+    def results(self, crops: torch.Tensor, records: list[CropRecord],
+                items: list[InputFile | InMemoryImage]) -> list[ImageResult]:
         """Run the model on a batch's crops and map keypoints back into each record's image."""
-        unit, quality = self._keypoints(crops) if len(crops) else (np.zeros((0, len(self.spec.keypoints), 2)), None)
+        names = self.spec.keypoints
+        unit, quality = self._keypoints(crops) if len(crops) else (np.zeros((0, len(names), 2)), None)
         results, face = [], 0
         for record, item in zip(records, items):
-            result = ImageResult(item.name, record["status"], record["error"], record["width"], record["height"], source=item)
-            for box, score in zip(record["boxes"], record["scores"]):
+            source = item if isinstance(item, InputFile) else None
+            result = ImageResult(item.name, record.status, record.error, record.width, record.height,
+                                 source=source, names=names)
+            for box, score in zip(record.boxes, record.scores):
                 q = None if quality is None else float(quality[face])
-                result.faces.append(FaceResult(box, score, from_unit(unit[face], box), q))
+                result.faces.append(FaceResult(box, score, from_unit(unit[face], box), q, names))
                 face += 1
             results.append(result)
         return results
-
-
-def predict(paths, weights=None, *, device: str = "auto", recursive: bool = True, **options):
-    """Python API: keypoints for files/folders as a pandas DataFrame with the CSV's columns."""
-    from .discover import discover
-    from .writers import results_frame
-
-    predictor = Predictor.load(weights, device)
-    found = discover([Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)], recursive=recursive)
-    return results_frame(predictor.predict_paths(found.files, PredictOptions(**options)), predictor.spec.keypoints)

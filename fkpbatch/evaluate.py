@@ -14,7 +14,7 @@ from .datasets import KAGGLE_SIZE, is_kaggle_csv, load_folder_csv, load_kaggle_c
 from .discover import InputFile
 from .engine import Predictor, PredictOptions
 from .errors import DataError, UsageError
-from .keypoints import KAGGLE_POINTS
+from .keypoints import IBUG_POINTS, KAGGLE_POINTS, coordinate_columns
 from .metrics import summarize
 from .transforms import FRAMING_POINTS, Framing, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
 
@@ -66,37 +66,52 @@ def evaluate_checkpoint(
 ) -> dict:
     """Accuracy on ``data`` (Kaggle CSV, or folder CSV run through predict with ``options``).
 
-    ``holdout``: a training run folder; only the rows that run held out for validation are used.
+    The figures are for the 15 Kaggle points; when both the model and a folder CSV have the 68 iBUG
+    points, ``report["points68"]`` holds the same figures for those (NME normalised by the outer
+    eye corners p36-p45, as 300-W results are published). ``holdout``: a training run folder; only
+    the rows that run held out for validation are used.
     """
     names = predictor.spec.keypoints
     common = [n for n in KAGGLE_POINTS if n in names]
+    with_68 = False
     if is_kaggle_csv(data):
         table = load_kaggle_csv(data)
         rows = _holdout_rows(table.names, holdout)
         pred, quality = _kaggle_predictions(predictor, [table.images[r] for r in rows])
-        labels, scale, missed = table.points[rows], np.ones(len(rows)), 0
+        labels, scale, missed = _expand(table.points[rows], table.keypoints, names), np.ones(len(rows)), 0
     else:
-        table = load_folder_csv(data, KAGGLE_POINTS, decode=False)
+        with_68 = set(IBUG_POINTS) <= set(names) and set(coordinate_columns(IBUG_POINTS)) <= _columns(data)
+        table = load_folder_csv(data, KAGGLE_POINTS + IBUG_POINTS if with_68 else KAGGLE_POINTS, decode=False)
         rows = _holdout_rows(table.names, holdout)
         files = [InputFile(table.paths[r], table.names[r], False) for r in rows]
         results = list(predictor.predict_paths(files, options or PredictOptions()))
-        labels = table.points[rows]
-        pred, quality, missed = _match_faces(results, _expand(labels, names), names)
-        framing_index = [KAGGLE_POINTS.index(n) for n in FRAMING_POINTS]
-        scale = np.array([box_from_points(row[framing_index], KAGGLE_FRAMING).size / KAGGLE_SIZE for row in labels])
-    index = [names.index(n) for n in common]
-    pred, labels = pred[:, index], labels[:, [KAGGLE_POINTS.index(n) for n in common]]
+        labels = _expand(table.points[rows], table.keypoints, names)
+        pred, quality, missed = _match_faces(results, labels, names)
+        framing_index = [names.index(n) for n in FRAMING_POINTS]
+        scale = np.array([box_from_points(label[framing_index], KAGGLE_FRAMING).size / KAGGLE_SIZE for label in labels])
     found = np.isfinite(pred).all(axis=(1, 2))
-    report = summarize(pred[found], labels[found], common, kaggle_scale=scale[found], missed=missed,
-                       quality=None if quality is None else quality[found])
-    return {**report, "data": str(data), "images": int(len(rows)), "missed": int(missed)}
+
+    def figures(points: list[str] | tuple[str, ...]) -> dict:
+        index = [names.index(n) for n in points]
+        return summarize(pred[found][:, index], labels[found][:, index], points, kaggle_scale=scale[found], missed=missed,
+                         quality=None if quality is None else quality[found])
+
+    report = {**figures(common), "data": str(data), "images": int(len(rows)), "missed": int(missed)}
+    if with_68:
+        report["points68"] = figures(IBUG_POINTS)
+    return report
 
 
-def _expand(labels: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    """Labels of the 15 Kaggle points laid out in the model's keypoint order (NaN elsewhere)."""
+def _columns(path: Path) -> set[str]:
+    return set(pd.read_csv(path, nrows=0).columns)
+
+
+def _expand(labels: np.ndarray, label_names: tuple[str, ...], names: tuple[str, ...]) -> np.ndarray:
+    """Labels laid out in the model's keypoint order ``names`` (NaN for points without a label)."""
     out = np.full((len(labels), len(names), 2), np.nan)
-    for i, n in enumerate(KAGGLE_POINTS):
-        out[:, names.index(n)] = labels[:, i]
+    for i, n in enumerate(label_names):
+        if n in names:
+            out[:, names.index(n)] = labels[:, i]
     return out
 
 

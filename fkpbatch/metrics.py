@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 FAILURE_NME = 0.10
-_OUTER_EYE_CORNERS = ("left_eye_outer_corner", "right_eye_outer_corner")
+# The outer eye corners (300-W's "inter-ocular" normalisation), as Kaggle names or iBUG indices.
+_OUTER_EYE_CORNERS = (("left_eye_outer_corner", "right_eye_outer_corner"), ("p45", "p36"))
 
 
 def rmse(pred: np.ndarray, target: np.ndarray) -> float:
@@ -18,13 +19,22 @@ def rmse(pred: np.ndarray, target: np.ndarray) -> float:
 def nme_per_face(pred: np.ndarray, target: np.ndarray, keypoints: tuple[str, ...] | list[str]) -> np.ndarray:
     """Mean point-to-point error per face / distance between the outer eye corners (NaN if unknown).
 
-    ``pred``, ``target``: (N, K, 2) in the same pixel frame.
+    ``pred``, ``target``: (N, K, 2) in the same pixel frame; ``keypoints`` name the K points and
+    must include the outer eye corners (Kaggle names, or p36 and p45 of the 68 iBUG points).
     """
-    left, right = (list(keypoints).index(n) for n in _OUTER_EYE_CORNERS)
+    left, right = _outer_corners(keypoints)
     norm = np.linalg.norm(target[:, left] - target[:, right], axis=-1)
     errors = np.linalg.norm(pred - target, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.nanmean(errors, axis=1) / norm
+
+
+def _outer_corners(keypoints) -> list[int]:
+    names = list(keypoints)
+    for pair in _OUTER_EYE_CORNERS:
+        if set(pair) <= set(names):
+            return [names.index(n) for n in pair]
+    raise ValueError("NME needs the outer eye corners: left/right_eye_outer_corner or p45/p36")
 
 
 def summarize(pred: np.ndarray, target: np.ndarray, keypoints, *, kaggle_scale: np.ndarray, missed: int = 0,

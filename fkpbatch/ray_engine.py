@@ -21,6 +21,7 @@ from .checkpoint import ModelSpec, load_checkpoint
 from .discover import InputFile, discover
 from .engine import DEFAULT_WEIGHTS, FaceCropper, Predictor, PredictOptions
 from .errors import UsageError
+from .results import CropRecord
 from .transforms import Box
 from .writers import RowLayout
 
@@ -41,10 +42,11 @@ def _cropper(spec_json: str, options: PredictOptions) -> FaceCropper:
 def _crop(row: dict, spec_json: str, options: PredictOptions) -> dict:
     """Ray map task: one input row -> the cropper's record, flattened to Arrow-friendly types."""
     record = _cropper(spec_json, options)(_item(row))
-    crops = record.pop("crops").numpy()
-    boxes = [[b.x, b.y, b.size] for b in record.pop("boxes")]
-    return {**row, **record, "boxes": json.dumps(boxes), "scores": json.dumps(record.pop("scores")),
-            "crops": crops.tobytes(), "faces": len(crops), "width": record["width"] or 0, "height": record["height"] or 0}
+    crops = record.crops.numpy()
+    boxes = [[b.x, b.y, b.size] for b in record.boxes]
+    return {**row, "status": record.status, "error": record.error, "boxes": json.dumps(boxes),
+            "scores": json.dumps(record.scores), "crops": crops.tobytes(), "faces": len(crops),
+            "width": record.width or 0, "height": record.height or 0}
 
 
 class _KeypointActor:
@@ -58,8 +60,8 @@ class _KeypointActor:
         size = self.predictor.spec.input_size
         crops = torch.from_numpy(np.frombuffer(b"".join(batch["crops"]), dtype=np.uint8).reshape(-1, 1, size, size).copy())
         records = [
-            {"status": r.status, "error": r.error, "width": r.width or None, "height": r.height or None,
-             "boxes": [Box(*b) for b in json.loads(r.boxes)], "scores": json.loads(r.scores)}
+            CropRecord(status=r.status, error=r.error, width=r.width or None, height=r.height or None,
+                       boxes=[Box(*b) for b in json.loads(r.boxes)], scores=json.loads(r.scores))
             for r in batch.itertuples()
         ]
         items = [_item(r) for r in batch[["path", "name", "skip", "relative"]].to_dict("records")]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from .engine import ImageResult
+from .results import ImageResult
 from .errors import UsageError
 from .keypoints import KAGGLE_POINTS, coordinate_columns
 

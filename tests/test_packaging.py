@@ -39,7 +39,8 @@ def test_import_and_version_leave_torch_unimported():
 
 
 def test_public_names_load_on_first_use():
-    assert set(fkpbatch.__all__) >= {"Predictor", "PredictOptions", "predict", "__version__"}
+    assert set(fkpbatch.__all__) >= {"Predictor", "PredictOptions", "predict", "Model", "__version__"}
+    assert list(fkpbatch.Model) == list(zoo.SHIPPED_MODELS)  # the option's choices come from the one table
     assert fkpbatch.Predictor.load is not None and fkpbatch.DEFAULT_MODEL == "fast"
     assert set(fkpbatch.__all__) <= set(dir(fkpbatch))
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
@@ -80,7 +81,7 @@ def test_model_by_name_selects_the_shipped_file_and_excludes_weights(tiny_weight
     commands = (["evaluate", str(image)], ["export", "--onnx", "x.onnx"], ["submission", "t.csv", "--lookup", "l.csv"])
     for command in commands:
         result = runner.invoke(app, [*command, "--model", "nope"])
-        assert result.exit_code == 2 and "unknown model 'nope'" in result.stderr, command
+        assert result.exit_code == 2 and "'nope' is not one of 'fast', 'accurate'" in result.stderr, command
 
 
 def test_detector_runs_from_the_shipped_onnx_without_opencv():

@@ -284,3 +284,21 @@ def test_a_run_folder_is_self_contained_and_its_log_is_plain_lines(kaggle_csv, t
     resumed = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "3", "--workers", "0", "-q"])
     assert resumed.exit_code == 0 and resumed.stderr == "", resumed.output
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_framing_jitter_changes_every_epoch_with_persistent_workers():
+    """Each epoch must frame a face anew, also when DataLoader workers persist between epochs (a
+    counter set on the dataset in the main process never reached them: the jitter was frozen)."""
+    from fkpbatch.config import TrainConfig
+    from fkpbatch.train import _loader
+
+    mean = pd.read_csv(need_data("kaggle") / "keypoints_only.csv")[COLUMNS].mean().to_numpy().reshape(15, 2) + 52
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200), dtype=np.uint8)
+    table = FaceTable(["a", "b"], np.stack([mean, mean]), [Image.fromarray(noise)] * 2, KAGGLE_POINTS, "synthetic", kaggle=False)
+    keep = lambda image, unit: (image, unit)  # noqa: E731 - no augmentation: only the framing jitter can differ
+    dataset = FaceDataset(table, [0, 1], input_size=32, framing=Framing(), augment=keep, jitter=0.06)
+    loader = _loader(dataset, TrainConfig(data=(), batch_size=2, workers=1), shuffle=False, device=torch.device("cpu"))
+    assert loader.persistent_workers
+    first, second = (next(iter(loader))[0] for _ in range(2))
+    assert not torch.equal(first[0], second[0]), "the same face was framed identically in two epochs"
+    assert not torch.equal(first[0], first[1]), "two rows of one epoch were framed identically"

@@ -1,0 +1,166 @@
+"""The choices of every option, as ``str`` Enums shared by the CLI (``--help`` lists them, Typer
+checks them) and the Python API (which checks them with :meth:`Choice.parse`), and
+:class:`PredictOptions`, whose field defaults are the CLI's defaults.
+
+Light on purpose (no torch): the CLI imports it to build its options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TypeVar
+
+from .decode import DEFAULT_MAX_PIXELS
+from .detect import DEFAULT_MIN_SCORE
+from .errors import UsageError
+from .zoo import SHIPPED_MODELS
+
+__all__ = [
+    "Augment", "Choice", "Detect", "Device", "Engine", "Faces", "Format", "Model", "Points", "PredictOptions",
+    "Recipe", "Runtime",
+]
+
+C = TypeVar("C", bound="Choice")
+
+
+class Choice(str, Enum):
+    """Base of the option Enums: members are their string values (``Detect.auto == "auto"``), and
+    print as them in every Python version."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    def __repr__(self) -> str:  # error messages say 'parquet', not <Format.parquet: 'parquet'>
+        return repr(self.value)
+
+    def __hash__(self) -> int:  # as the string: Points.ibug68 and "68" are one dict key
+        return hash(self.value)
+
+    @classmethod
+    def parse(cls: type[C], value: object, option: str) -> C:
+        """``value`` as a member; a UsageError naming ``option`` and the choices otherwise."""
+        try:
+            return cls(str(value.value if isinstance(value, Enum) else value))
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise UsageError(f"{option} must be one of {choices}, not {value!r}") from None
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """The accepted strings, in order."""
+        return tuple(m.value for m in cls)
+
+
+class Detect(Choice):
+    """``--detect``: auto (detect; a small square image without a face is one tight crop), always, never."""
+
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+class Faces(Choice):
+    """``--faces``: every detected face, or the largest one per image."""
+
+    all = "all"
+    largest = "largest"
+
+
+class Points(Choice):
+    """``--points``: the 15 Kaggle keypoints, or those plus the 68 iBUG points."""
+
+    kaggle15 = "15"
+    ibug68 = "68"
+
+
+class Device(Choice):
+    """``--device``: auto (CUDA, else MPS, else CPU), cpu, cuda, mps."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Runtime(Choice):
+    """``--runtime``: auto (onnxruntime on the CPU, PyTorch on a GPU), torch, onnxruntime."""
+
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
+class Format(Choice):
+    """``--format``: csv, json, jsonl (local runs); csv, jsonl, parquet (``--engine ray`` shards)."""
+
+    csv = "csv"
+    json = "json"
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+class Engine(Choice):
+    """``--engine``: local (this machine), ray (a Ray Data job)."""
+
+    local = "local"
+    ray = "ray"
+
+
+# A shipped model by name (``--model``): fast (the default) or accurate. The members are made from
+# the table in fkpbatch/zoo.py, the one place that names the shipped models and their files.
+Model = Choice("Model", {name: name for name in SHIPPED_MODELS}, module=__name__, qualname="Model")
+Model.__doc__ = "``--model``: a shipped model by name (see ``fkpbatch models`` and fkpbatch/zoo.py)."
+
+
+class Recipe(Choice):
+    """``train --recipe``: seed (the Kaggle notebook's) or fkpnet (the shipped model's)."""
+
+    seed = "seed"
+    fkpnet = "fkpnet"
+
+
+class Augment(Choice):
+    """``train --augment``: none, seed (flip + brightness), strong (+ rotation, scale, shift)."""
+
+    none = "none"
+    seed = "seed"
+    strong = "strong"
+
+
+def _default_workers() -> int:
+    from .runtime import default_workers
+
+    return default_workers()
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How images become faces. Build by keyword; ``fkpbatch predict --help`` explains each field
+    and uses these defaults. Strings are accepted for the Enum fields and checked."""
+
+    detect: Detect = Detect.auto
+    """auto | always | never (see :class:`Detect`)."""
+    faces: Faces = Faces.all
+    """all | largest."""
+    min_score: float = DEFAULT_MIN_SCORE
+    """Minimum face detection score."""
+    min_face: int = 20
+    """Ignore detected faces whose box side is smaller (pixels)."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Larger images are refused as error rows (decompression bombs)."""
+    batch_size: int = 64
+    """Images per batch."""
+    workers: int = field(default_factory=_default_workers)
+    """DataLoader worker processes (default: min(4, cores)); 0 = decode in this process."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "detect", Detect.parse(self.detect, "--detect"))
+        object.__setattr__(self, "faces", Faces.parse(self.faces, "--faces"))
+        if self.batch_size < 1 or self.workers < 0:
+            raise UsageError("--batch-size must be at least 1 and --workers at least 0")
+        if not 0.0 <= self.min_score <= 1.0 or self.min_face < 0 or self.max_pixels < 1:
+            raise UsageError("--min-score must be in 0..1, --min-face at least 0 and --max-pixels at least 1")
