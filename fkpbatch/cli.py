@@ -191,7 +191,7 @@ def train(
     images: Annotated[Optional[Path], typer.Option(help="Folder of the images of folder CSVs (default: beside the CSV).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default runs/<timestamp>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last.pt.")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from these weights (e.g. weights/fkpnet68.pt) instead of random ones; same --arch and --points, any --input-size.")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from these weights (a file, or a shipped model: fast, accurate) instead of random ones; same --arch and --points, any --input-size.")] = None,
     label_offset: Annotated[Optional[list[str]], typer.Option(metavar="DX,DY", help="Pixels: where a CSV's labels sit relative to the pixel grid (1,1 for 1-based coordinates), once per CSV in order. Flips then keep the convention instead of blurring it.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed (splits, initialisation, augmentation).")] = 0,
     device: DeviceOption = Device.auto,

@@ -27,6 +27,7 @@ from .progress import LineProgress
 from .runtime import autocast, resolve_device, to_model_input
 from .augment import TrainAugment
 from .transforms import Framing
+from .zoo import SHIPPED_MODELS, model_path
 
 
 def masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -280,6 +281,8 @@ def build_config(data: tuple[str, ...], recipe: str | None = None, **overrides) 
     values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
     # config.json names every file absolutely, so that `train --resume` works from any folder.
     data = tuple(os.path.abspath(d) for d in data)
+    if values.get("init") in SHIPPED_MODELS and not Path(values["init"]).exists():  # --init fast: a shipped model
+        values["init"] = str(model_path(values["init"]))
     for key in ("images_dir", "init"):
         if values.get(key):
             values[key] = os.path.abspath(values[key])

@@ -302,3 +302,14 @@ def test_framing_jitter_changes_every_epoch_with_persistent_workers():
     first, second = (next(iter(loader))[0] for _ in range(2))
     assert not torch.equal(first[0], second[0]), "the same face was framed identically in two epochs"
     assert not torch.equal(first[0], first[1]), "two rows of one epoch were framed identically"
+
+
+def test_config_names_files_absolutely_and_init_takes_a_shipped_model_name(tmp_path, monkeypatch):
+    from fkpbatch.train import build_config
+    from fkpbatch.zoo import model_path
+
+    monkeypatch.chdir(tmp_path)
+    config = build_config(("faces/keypoints.csv",), recipe="fkpnet", points="68", init="accurate", images_dir="imgs")
+    assert config.data == (str(tmp_path / "faces" / "keypoints.csv"),) and config.images_dir == str(tmp_path / "imgs")
+    assert config.init == str(model_path("accurate"))
+    assert build_config(("a.csv",), recipe="fkpnet", init="mine.pt").init == str(tmp_path / "mine.pt")
