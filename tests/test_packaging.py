@@ -66,8 +66,10 @@ def test_models_lists_shipped_models_with_card_figures_and_architectures():
     lines = result.stdout.splitlines()
     fast = next(line for line in lines if line.strip().startswith("fast (default)"))
     accurate = next(line for line in lines if line.strip().startswith("accurate"))
-    assert "fkpnet68.pt" in fast and "96 px" in fast and "3.79 % / 3.30 %" in fast
-    assert "fkpnet68_128.pt" in accurate and "128 px" in accurate and "3.68 % / 2.98 %" in accurate
+    for line, model in ((fast, zoo.SHIPPED_MODELS["fast"]), (accurate, zoo.SHIPPED_MODELS["accurate"])):
+        assert model.file in line and f"{model.input_size} px" in line and f"{model.faces_per_s} faces/s" in line
+        assert f"NME {model.nme_faces15:.2f} % / {model.nme_helen:.2f} %" in line
+    assert "fkpnet68.pt" in fast and "fkpnet68_128.pt" in accurate
     assert re.search(r"Architectures.*fkpnet, fkpnet_tiny, seed", result.stdout)
 
 
