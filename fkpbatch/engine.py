@@ -17,13 +17,14 @@ from .checkpoint import ModelSpec, load_model
 from .decode import load_image, to_rgb
 from .detect import FaceDetector
 from .discover import InputFile, discover, display_name
-from .errors import DecodeError, UsageError, WeightsError
+from .errors import DecodeError, UsageError
 from .options import Detect, Model, PredictOptions, Runtime
 from .results import CropRecord, FaceResult, ImageResult
 from .runtime import autocast, cpu_count, resolve_device, to_model_input
 from .transforms import Box, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
+from .zoo import DEFAULT_MODEL, model_path, resolve_weights
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "fkpnet68.pt"
+DEFAULT_WEIGHTS = model_path(DEFAULT_MODEL)
 DETECT_MODES = Detect.values()
 # --detect auto: a roughly square image of 32..400 px with no detected face is taken as a tight
 # face crop (Kaggle's 96x96 faces, faces15-like crops); anything else without a face is no_face.
@@ -118,19 +119,6 @@ def _worker_init(_worker_id: int) -> None:
 
 
 RUNTIMES = Runtime.values()
-SHIPPED_MODELS = {Model.fast: "fkpnet68.pt", Model.accurate: "fkpnet68_128.pt"}
-
-
-def shipped_weights(model: str | Model = Model.fast) -> Path:
-    """The checkpoint of a shipped model by name (``fast``, the default, or ``accurate``).
-
-    The one place that maps model names to files; a missing file is a WeightsError."""
-    path = DEFAULT_WEIGHTS.parent / SHIPPED_MODELS[Model.parse(model, "model")]
-    if not path.exists():
-        raise WeightsError(f"no weights for model {str(model)!r} at {path}; pass --weights FILE from 'fkpbatch train'")
-    return path
-
-
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -224,13 +212,10 @@ class Predictor:
 
     @classmethod
     def load(cls, weights: str | Path | None = None, device: str = "auto", runtime: str = "auto", *,
-             model: str | Model | None = None) -> "Predictor":
+             model: str | Model | None = None) -> Predictor:
         """Load ``weights`` (a checkpoint from ``fkpbatch train``) or the shipped ``model`` by name
-        (``fast``, the default, or ``accurate``); not both."""
-        if weights is not None and model is not None:
-            raise UsageError("give a model name or weights, not both")
-        path = Path(weights) if weights is not None else shipped_weights(model or Model.fast)
-        net, spec = load_model(path)
+        (``fast``, the default, or ``accurate``; see ``fkpbatch models``); not both."""
+        net, spec = load_model(resolve_weights(weights, None if model is None else Model.parse(model, "model")))
         return cls(net, spec, resolve_device(str(device)), runtime)
 
     @torch.inference_mode()

@@ -14,6 +14,7 @@ from typing import TypeVar
 from .decode import DEFAULT_MAX_PIXELS
 from .detect import DEFAULT_MIN_SCORE
 from .errors import UsageError
+from .zoo import SHIPPED_MODELS
 
 __all__ = [
     "Augment", "Choice", "Detect", "Device", "Engine", "Faces", "Format", "Model", "Points", "PredictOptions",
@@ -109,11 +110,10 @@ class Engine(Choice):
     ray = "ray"
 
 
-class Model(Choice):
-    """A shipped model by name: fast (``fkpnet68.pt``, the default) or accurate (``fkpnet68_128.pt``)."""
-
-    fast = "fast"
-    accurate = "accurate"
+# A shipped model by name (``--model``): fast (the default) or accurate. The members are made from
+# the table in fkpbatch/zoo.py, the one place that names the shipped models and their files.
+Model = Choice("Model", {name: name for name in SHIPPED_MODELS}, module=__name__, qualname="Model")
+Model.__doc__ = "``--model``: a shipped model by name (see ``fkpbatch models`` and fkpbatch/zoo.py)."
 
 
 class Recipe(Choice):

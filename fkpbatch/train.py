@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,11 +20,14 @@ from .checkpoint import ModelSpec, load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig
 from .datasets import FaceDataset, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
 from .errors import DataError, TrainingDiverged, UsageError
+from .fileio import write_bytes_atomic
 from .keypoints import KAGGLE_POINTS, points_for
 from .metrics import nme_per_face, rmse
+from .progress import LineProgress
 from .runtime import autocast, resolve_device, to_model_input
 from .augment import TrainAugment
 from .transforms import Framing
+from .zoo import SHIPPED_MODELS, model_path
 
 
 def masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -86,23 +92,32 @@ def _forward_loss(model, images, targets, config: TrainConfig, device, pixel_sca
     return loss, pred
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, config, device, epoch, pixel_scale, show_progress) -> float:
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, config, device, epoch, pixel_scale, show_progress,
+                    lines=None):
+    """One pass over ``loader``; returns (mean training loss, learning rate of the epoch's last step).
+    ``lines``: a :class:`~fkpbatch.progress.LineProgress` for logs (``train -v`` off a terminal)."""
     model.train()
-    total, count = 0.0, 0
+    total, count, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show_progress, file=sys.stderr)
+    if lines is not None:
+        lines.label = f"epoch {epoch + 1}/{config.epochs}"
+        lines.start(len(loader))
     for step, (images, targets) in enumerate(bar):
         loss, _ = _forward_loss(model, images, targets, config, device, pixel_scale)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1}; try a lower --lr")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        lr = optimizer.param_groups[0]["lr"]
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         total += loss.item() * len(images)
         count += len(images)
         bar.set_postfix(loss=f"{total / count:.5f}")
-    return total / max(count, 1)
+        if lines is not None:
+            lines.advance(1)
+    return total / max(count, 1), lr
 
 
 @torch.inference_mode()
@@ -143,33 +158,106 @@ def _make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
     return optimizer, scheduler
 
 
-def _plot_losses(history: list[dict], path: Path) -> None:
-    """loss.png: train and validation loss per epoch (log scale), drawn with Pillow."""
-    from PIL import Image, ImageDraw
+METRIC_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_rmse", "val_nme", "seconds")
 
-    width, height, pad = 640, 400, 50
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    series = {"train": [h["train_loss"] for h in history], "val": [h["val_loss"] for h in history]}
-    values = [v for vs in series.values() for v in vs if v > 0 and math.isfinite(v)]
+
+def _metrics_csv(history: list[dict]) -> str:
+    """metrics.csv: one row per epoch, the columns of :data:`METRIC_COLUMNS` first."""
+    columns = list(METRIC_COLUMNS) + sorted({k for h in history for k in h} - set(METRIC_COLUMNS))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def _panel(draw, box, series, *, title: str, log: bool, font, epochs: int) -> None:
+    """One chart of ``series`` ({name: (colour, values per epoch)}) in ``box`` = (x0, y0, x1, y1):
+    frame, title, y range at the ends of the axis, one line per series."""
+    x0, y0, x1, y1 = box
+    values = [v for _, ys in series.values() for v in ys if v is not None and math.isfinite(v) and (v > 0 or not log)]
+    draw.rectangle(box, outline="black")
+    draw.text((x0, y0 - 14), title, fill="black", font=font)
     if not values:
         return
-    low, high = math.log10(min(values)), math.log10(max(values)) + 1e-9
-    draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
-    for (name, ys), colour in zip(series.items(), ("royalblue", "darkorange")):
-        points = [
-            (pad + (width - 2 * pad) * i / max(1, len(ys) - 1), height - pad - (height - 2 * pad) * (math.log10(y) - low) / (high - low))
-            for i, y in enumerate(ys) if y > 0 and math.isfinite(y)
-        ]
+    scale = (lambda v: math.log10(v)) if log else (lambda v: v)
+    low, high = scale(min(values)), scale(max(values))
+    if high - low < 1e-12:
+        low, high = low - 0.5, high + 0.5
+    for value, y in ((max(values), y0), (min(values), y1)):
+        draw.text((x0 - 6, y), f"{value:.3g}", fill="black", font=font, anchor="rm")
+    legend = x1 - 8
+    for name, (colour, ys) in reversed(series.items()):
+        points = [(x0 + (x1 - x0) * i / max(1, epochs - 1), y1 - (y1 - y0) * (scale(v) - low) / (high - low))
+                  for i, v in enumerate(ys) if v is not None and math.isfinite(v) and (v > 0 or not log)]
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
-        draw.text((width - pad - 60, pad + 10 + 15 * (name == "val")), f"{name} loss", fill=colour)
-    draw.text((pad, height - pad + 10), f"epochs 1..{len(history)}; loss {10**low:.3g}..{10**high:.3g} (log)", fill="black")
-    image.save(path)
+        elif points:
+            draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=colour)
+        draw.text((legend, y0 + 6), name, fill=colour, font=font, anchor="ra")
+        legend -= 8 + draw.textlength(name, font=font)
+
+
+def _plot_losses(history: list[dict]) -> bytes | None:
+    """loss.png, drawn with Pillow: training and validation loss (log scale), validation NME and the
+    learning rate, one panel each over the epochs."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not history:
+        return None
+    width, left, right, top, panel, gap = 760, 80, 20, 30, 150, 40
+    height = top + 3 * panel + 2 * gap + 45
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    epochs = [h["epoch"] for h in history]
+
+    def column(key: str) -> list:
+        return [h.get(key) for h in history]
+
+    panels = [
+        ("loss (log scale)", True,
+         {"train loss": ("royalblue", column("train_loss")), "val loss": ("darkorange", column("val_loss"))}),
+        ("validation NME (% of the outer-eye-corner distance)", False, {"val NME": ("seagreen", column("val_nme"))}),
+        ("learning rate (last step of the epoch)", False, {"lr": ("purple", column("lr"))}),
+    ]
+    for k, (title, log, series) in enumerate(panels):
+        y0 = top + k * (panel + gap)
+        box = (left, y0, width - right, y0 + panel)
+        _panel(draw, box, series, title=title, log=log, font=font, epochs=len(history))
+    bottom = top + 3 * panel + 2 * gap
+    draw.text((left, bottom + 4), str(epochs[0]), fill="black", font=font, anchor="ma")
+    draw.text((width - right, bottom + 4), str(epochs[-1]), fill="black", font=font, anchor="ma")
+    draw.text(((left + width - right) / 2, bottom + 20), "epoch", fill="black", font=font, anchor="ma")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    write_bytes_atomic(path, json.dumps(data, indent=2) + "\n", overwrite=True)
+
+
+def _write_run_files(out_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl, metrics.csv and loss.png after each epoch, each replaced whole (atomically)."""
+    write_bytes_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history), overwrite=True)
+    write_bytes_atomic(out_dir / "metrics.csv", _metrics_csv(history), overwrite=True)
+    png = _plot_losses(history)
+    if png is not None:
+        write_bytes_atomic(out_dir / "loss.png", png, overwrite=True)
+
+
+def _tensorboard(out_dir: Path, log):
+    """A TensorBoard SummaryWriter on ``out_dir/tensorboard`` when ``torch.utils.tensorboard`` can
+    be imported (the optional ``tensorboard`` package); None otherwise, silently."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+    except Exception:  # noqa: BLE001 - not installed, or a broken install: training goes on without it
+        return None
+    log(f"TensorBoard logs in {out_dir / 'tensorboard'}")
+    return writer
 
 
 RECIPES = {
@@ -191,6 +279,13 @@ def build_config(data: tuple[str, ...], recipe: str | None = None, **overrides) 
     if recipe not in RECIPES:
         raise UsageError(f"--recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
     values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    # config.json names every file absolutely, so that `train --resume` works from any folder.
+    data = tuple(os.path.abspath(d) for d in data)
+    if values.get("init") in SHIPPED_MODELS and not Path(values["init"]).exists():  # --init fast: a shipped model
+        values["init"] = str(model_path(values["init"]))
+    for key in ("images_dir", "init"):
+        if values.get(key):
+            values[key] = os.path.abspath(values[key])
     if values["points"] not in ("15", "68"):
         raise UsageError(f"--points must be 15 or 68, not {values['points']!r}")
     if values["augment"] not in ("none", "seed", "strong"):
@@ -207,14 +302,15 @@ def resume_training(out_dir: Path, *, epochs: int | None = None, device: str = "
     return _fit(TrainConfig(**saved), out_dir, state, **kwargs)
 
 
-def train(config: TrainConfig, out_dir: Path, *, show_progress: bool = True, log=print) -> Path:
-    """Train per ``config`` into ``out_dir`` (best.pt, last.pt, metrics.jsonl, config.json, loss.png).
+def train(config: TrainConfig, out_dir: Path, *, show_progress: bool = True, log=print, verbose: bool = False) -> Path:
+    """Train per ``config`` into ``out_dir`` (best.pt, last.pt, metrics.jsonl, metrics.csv,
+    config.json, loss.png, val_images.txt; tensorboard/ when TensorBoard is installed).
 
     Ctrl-C saves last.pt at the last finished epoch and says how to resume. Returns best.pt's path.
     """
     if (out_dir / "last.pt").exists():
         raise UsageError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out")
-    return _fit(config, out_dir, None, show_progress=show_progress, log=log)
+    return _fit(config, out_dir, None, show_progress=show_progress, log=log, verbose=verbose)
 
 
 def _initial_model(spec: ModelSpec, init: str):
@@ -229,7 +325,8 @@ def _initial_model(spec: ModelSpec, init: str):
     return model
 
 
-def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progress: bool = True, log=print) -> Path:
+def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progress: bool = True, log=print,
+         verbose: bool = False) -> Path:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -254,8 +351,13 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
         history = [json.loads(line) for line in metrics_file.read_text().splitlines()][:start_epoch] if metrics_file.exists() else []
         log(f"resuming {out_dir} at epoch {start_epoch + 1}/{config.epochs}")
     _write_json(out_dir / "config.json", config.to_dict())
-    (out_dir / "val_images.txt").write_text("".join(f"{n}\n" for n in val_names))
+    write_bytes_atomic(out_dir / "val_images.txt", "".join(f"{n}\n" for n in val_names), overwrite=True)
     log(f"training {config.arch} on {len(train_set)} faces, validating on {len(val_set)}, device {device}")
+    if verbose:
+        log(f"config: {json.dumps(config.to_dict())}")
+    board = _tensorboard(out_dir, log if verbose else (lambda message: None))
+    # train -v in a log: a plain progress line every 10 s within each epoch (a terminal gets tqdm's bar)
+    lines = LineProgress("epoch", "batches", write=log) if verbose and not show_progress else None
 
     def save_last(epoch: int) -> None:
         save_checkpoint(out_dir / "last.pt", spec, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
@@ -265,22 +367,33 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
-            train_loss = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, config, device, epoch, spec.pixel_scale, show_progress)
-            metrics = {"epoch": epoch + 1, "train_loss": train_loss, **evaluate(model, val_loader, config, device, spec.pixel_scale)}
+            train_loss, lr = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, config, device, epoch,
+                                             spec.pixel_scale, show_progress, lines)
+            metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+                       **evaluate(model, val_loader, config, device, spec.pixel_scale)}
             metrics["seconds"] = round(time.perf_counter() - started, 2)
             history.append(metrics)
             score = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else train_loss
-            if score < best:
+            improved = score < best
+            if improved:
                 best = score
                 save_checkpoint(out_dir / "best.pt", spec, model, epoch=epoch + 1, metrics=metrics)
             save_last(epoch + 1)
-            with open(out_dir / "metrics.jsonl", "w") as handle:
-                handle.writelines(json.dumps(h) + "\n" for h in history)
-            _plot_losses(history, out_dir / "loss.png")
-            log(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.5f}, val loss {metrics['val_loss']:.5f}, "
-                f"val RMSE {metrics['val_rmse']:.3f} px(96), val NME {metrics.get('val_nme', float('nan')):.2f} %, {metrics['seconds']:.0f} s")
+            _write_run_files(out_dir, history)
+            if board is not None:
+                for key, value in metrics.items():
+                    if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                        board.add_scalar(key, value, epoch + 1)
+                board.flush()
+            log(f"epoch {epoch + 1}/{config.epochs}: lr {lr:.3g}, train loss {train_loss:.5f}, "
+                f"val loss {metrics['val_loss']:.5f}, val RMSE {metrics['val_rmse']:.3f} px(96), "
+                f"val NME {metrics.get('val_nme', float('nan')):.2f} %, "
+                f"{metrics['seconds']:.0f} s" + (" (best so far)" if improved else ""))
     except KeyboardInterrupt:
         save_last(epoch)
         log(f"interrupted: saved {out_dir / 'last.pt'} after {epoch} epoch(s); continue with: fkpbatch train --resume {out_dir}")
         raise
+    finally:
+        if board is not None:
+            board.close()
     return out_dir / "best.pt"

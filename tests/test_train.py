@@ -233,6 +233,59 @@ def test_a_diverging_loss_stops_with_the_epoch_and_batch(kaggle_csv, tmp_path):
     assert "loss became" in result.stderr and "at epoch 1, batch" in result.stderr and "Traceback" not in result.output
 
 
+def test_a_run_folder_is_self_contained_and_its_log_is_plain_lines(kaggle_csv, tmp_path, monkeypatch):
+    """Relative paths in, absolute paths in config.json (so --resume works from elsewhere);
+    metrics.csv with the learning rate, loss.png, TensorBoard scalars when it is importable, and
+    one unwrapped line per epoch on a stderr that is not a terminal."""
+    import re
+    import shutil
+    import sys
+    import types
+
+    scalars = []
+
+    class FakeSummaryWriter:  # stands in for torch.utils.tensorboard, an optional extra
+        def __init__(self, log_dir):
+            scalars.append(("log_dir", log_dir))
+
+        def add_scalar(self, key, value, step):
+            scalars.append((key, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            scalars.append(("closed", None))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeSummaryWriter))
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(kaggle_csv, work / "training.csv")
+    monkeypatch.chdir(work)
+    result = runner.invoke(app, ["train", "training.csv", "--arch", "fkpnet_tiny", "--epochs", "2", "-b", "16",
+                                 "--workers", "0", "-o", "run", "-v"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    epoch_line = re.compile(r"^epoch [12]/2: lr 0\.001, train loss [\d.]+, val loss [\d.]+, val RMSE [\d.]+ px\(96\), "
+                            r"val NME [\d.]+ %, \d+ s( \(best so far\))?$")
+    assert len([line for line in lines if epoch_line.match(line)]) == 2, lines
+    assert any(re.match(r"^epoch 2/2: \d+/\d+ batches \(100 %\), [\d.]+ batches/s", line) for line in lines), lines
+    prefixes = ("training fkpnet_tiny on", "config: {", "TensorBoard logs in", "epoch ", "best weights: ")
+    assert all(line.startswith(prefixes) for line in lines), lines
+    run = work / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"] == [str(work / "training.csv")]
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics.columns) == ["epoch", "lr", "train_loss", "val_loss", "val_rmse", "val_nme", "seconds"]
+    assert metrics["epoch"].tolist() == [1, 2] and (metrics["lr"] == 1e-3).all()
+    assert Image.open(run / "loss.png").size[0] > 600
+    assert ("val_nme", 2) in scalars and ("lr", 1) in scalars and scalars[-1] == ("closed", None)
+    monkeypatch.chdir(tmp_path)  # another folder: the run still finds its data
+    resumed = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "3", "--workers", "0", "-q"])
+    assert resumed.exit_code == 0 and resumed.stderr == "", resumed.output
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+
+
 def test_framing_jitter_changes_every_epoch_with_persistent_workers():
     """Each epoch must frame a face anew, also when DataLoader workers persist between epochs (a
     counter set on the dataset in the main process never reached them: the jitter was frozen)."""
@@ -249,3 +302,14 @@ def test_framing_jitter_changes_every_epoch_with_persistent_workers():
     first, second = (next(iter(loader))[0] for _ in range(2))
     assert not torch.equal(first[0], second[0]), "the same face was framed identically in two epochs"
     assert not torch.equal(first[0], first[1]), "two rows of one epoch were framed identically"
+
+
+def test_config_names_files_absolutely_and_init_takes_a_shipped_model_name(tmp_path, monkeypatch):
+    from fkpbatch.train import build_config
+    from fkpbatch.zoo import model_path
+
+    monkeypatch.chdir(tmp_path)
+    config = build_config(("faces/keypoints.csv",), recipe="fkpnet", points="68", init="accurate", images_dir="imgs")
+    assert config.data == (str(tmp_path / "faces" / "keypoints.csv"),) and config.images_dir == str(tmp_path / "imgs")
+    assert config.init == str(model_path("accurate"))
+    assert build_config(("a.csv",), recipe="fkpnet", init="mine.pt").init == str(tmp_path / "mine.pt")
