@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, interrupts
 from .detect import DEFAULT_MIN_SCORE
 from .errors import FkpError
 
@@ -74,8 +74,9 @@ def predict(
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs) as error rows.", min=1)] = 100_000_000,
     points: Annotated[str, typer.Option(help="15 (Kaggle keypoints) | 68 (adds iBUG p0_x..p67_y columns).")] = "15",
     annotate: Annotated[Optional[Path], typer.Option(help="Write annotated copies of the images under this folder.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run: skip images already in -o FILE, append the rest.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file (and existing annotated copies).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run with the same options: skip images already in -o FILE, append the rest.")] = False,
+    raw_names: Annotated[bool, typer.Option(help="CSV: write text cells as they are; by default a cell starting with = + - @ ' tab or CR gets a leading ' so spreadsheets never run it as a formula.")] = False,
     shard: Annotated[Optional[str], typer.Option(help="K/N: process only shard K (0-based) of N, for job arrays.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any file failed.")] = False,
     engine: Annotated[str, typer.Option(help="local | ray (a Ray Data job; -o is then a folder of shards).")] = "local",
@@ -93,7 +94,7 @@ def predict(
     with _clean_errors():
         if points not in ("15", "68"):
             raise FkpError(f"--points must be 15 or 68, not {points!r}")
-        request = BatchRequest(tuple(paths or ()), out, fmt, points, recursive, from_list, annotate, overwrite, resume)
+        request = BatchRequest(tuple(paths or ()), out, fmt, points, recursive, from_list, annotate, overwrite, resume, raw_names)
         options = PredictOptions(detect, faces, min_score, min_face, max_pixels, batch_size, default_workers() if workers is None else workers)
         shard_spec = parse_shard(shard) if shard else None
         if engine not in ("local", "ray"):
@@ -101,24 +102,37 @@ def predict(
         if engine == "ray":
             _predict_with_ray(request, options, weights, device, ray_address, num_gpus, concurrency, quiet)
             return
-        predictor = Predictor.load(weights, device, runtime)
-        progress = _progress(quiet)
         try:
-            with progress:
-                task = progress.add_task("predicting", total=None)
-                summary = run_batch(predictor, request, options, shard=shard_spec,
-                                    on_start=lambda n: progress.update(task, total=n),
-                                    on_batch=lambda n: progress.advance(task, n))
-        except KeyboardInterrupt:
-            target = out if out != "-" else "FILE"
-            err.print(f"interrupted; rows written so far are complete. Continue with: fkpbatch predict ... -o {target} --resume", highlight=False)
-            raise typer.Exit(130) from None
+            with interrupts.handled():  # Ctrl-C and SIGTERM stop between whole batches
+                predictor = Predictor.load(weights, device, runtime)
+                progress = _progress(quiet)
+                with progress:
+                    task = progress.add_task("predicting", total=None)
+                    summary = run_batch(predictor, request, options, shard=shard_spec,
+                                        on_start=lambda n: progress.update(task, total=n),
+                                        on_batch=lambda n: progress.advance(task, n))
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, interrupts.Terminated)
+            _interrupted_hint("terminated (SIGTERM)" if terminated else "interrupted", out, fmt)
+            raise typer.Exit(143 if terminated else 130) from None
     for warning in summary.warnings[:20]:
-        err.print(f"warning: {warning}", highlight=False)
+        err.print(f"warning: {warning}", highlight=False, soft_wrap=True)
     if not quiet:
         err.print(summary.line(), highlight=False)
     if strict and summary.errors:
         raise typer.Exit(1)
+
+
+def _interrupted_hint(what: str, out: str, fmt: str | None) -> None:
+    """How to continue after Ctrl-C or SIGTERM; the output holds whole images only."""
+    import shlex
+
+    if out == "-":
+        err.print(f"{what}; the rows on stdout are whole images. Standard output cannot be continued: "
+                  "run again, or write to a file with -o FILE, which --resume continues", highlight=False)
+        return
+    err.print(f"{what}; {out} holds whole images only. Continue with the same command plus --resume "
+              f"(and without --overwrite): fkpbatch predict ... -o {shlex.quote(out)} --resume", highlight=False)
 
 
 def _predict_with_ray(request, options, weights, device, address, num_gpus, concurrency, quiet) -> None:
@@ -248,6 +262,7 @@ def merge(
     out: Annotated[Path, typer.Option("--out", "-o", help="Merged output file.")],
     check: Annotated[Optional[list[Path]], typer.Option(help="The run's inputs: report images missing from the shards.")] = None,
     recursive: Annotated[bool, typer.Option(help="Walk --check folders recursively.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing -o file (never one of the shard outputs).")] = False,
 ):
     """Combine shard outputs; refuse doubled images; with --check, list incomplete shards."""
     from .discover import discover
@@ -255,8 +270,11 @@ def merge(
 
     with _clean_errors():
         expected = [f.name for f in discover(check, recursive=recursive).files] if check else None
-        report = merge_outputs(outputs, out, expected)
+        report = merge_outputs(outputs, out, expected, overwrite=overwrite)
     err.print(f"merged {report['images']} images ({report['rows']} rows) into {out}", highlight=False)
+    for shard_out, image in report["dropped"]:
+        err.print(f"[yellow]warning:[/yellow] {shard_out}: its run did not end cleanly; its last image {image} may "
+                  "lack faces and was left out (rerun that shard with --resume, then merge again)", highlight=False)
     if report["missing"]:
         shards = ", ".join(f"shard {k}/{len(outputs)}: {n} missing" for k, n in report["incomplete_shards"].items())
         err.print(f"[yellow]incomplete:[/yellow] {len(report['missing'])} images not in any shard output ({shards}); rerun those shards with --resume", highlight=False)
