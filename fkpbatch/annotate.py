@@ -1,7 +1,7 @@
 """Annotated copies of the inputs: boxes labelled with the face's index (the CSV's ``face``) and
 quality, keypoints (subject's left in red, right in green) sized to each face, mirrored under
-``--annotate DIR`` and never written outside it or over an input; and a contact sheet,
-``DIR/index.html``, of the faces lowest quality first, to review the doubtful ones at a glance."""
+``--annotate DIR``, never written outside it, over an input or (without ``--overwrite``) over any
+existing file; and a contact sheet, ``DIR/index.html``, of the faces lowest quality first, to review the doubtful ones at a glance."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import base64
 import heapq
 import html
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable
@@ -17,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .decode import load_image
 from .errors import FkpError
-from .fileio import write_bytes_atomic
+from .fileio import atomic_write, same_file, write_bytes_atomic
 from .results import FaceResult, ImageResult
 
 LEFT, RIGHT, CENTRE, BOX = (230, 40, 40), (40, 200, 40), (255, 210, 0), (0, 160, 255)
@@ -46,23 +47,35 @@ def annotation_path(name: str, root: Path) -> Path | None:
     return target
 
 
-def draw_result(result: ImageResult, keypoints: tuple[str, ...], root: Path, drawn: set[str] | None = None,
-                sheet: ContactSheet | None = None) -> str | None:
+def draw_result(result: ImageResult, keypoints: tuple[str, ...], root: Path, drawn: set[str] | None = None, *,
+                sheet: ContactSheet | None = None, overwrite: bool = False, inputs=(),
+                quiet_if_exists: bool = False) -> str | None:
     """Write the annotated picture of ``result`` with the keypoints named in ``drawn`` (default
-    all), and add its faces to ``sheet``; returns a warning instead of raising."""
+    all), and add its faces to ``sheet``; returns a warning instead of raising. An existing file
+    is replaced only with ``overwrite``, and never when it is one of ``inputs`` (``os.stat``
+    results are looked up in it: device and inode, so hard links count); the file is written
+    through a new temporary file."""
     target = annotation_path(result.source.relative or result.image, root)
     if target is None:
         return f"{result.image}: annotated copy would land outside {root}; not written"
-    if target.resolve() == result.source.path.resolve():
-        return f"{result.image}: annotated copy would overwrite the input; not written"
+    try:
+        existing = os.stat(target)
+    except OSError:
+        existing = None
+    if existing is not None and (existing in inputs or same_file(target, result.source.path)):
+        return f"{result.image}: annotated copy {target} would overwrite the input; not written"
+    if os.path.lexists(target) and not overwrite:
+        return None if quiet_if_exists else f"{result.image}: {target} exists; not replaced (pass --overwrite)"
     image = load_image(result.source.path)
     draw_faces(image, result.faces, keypoints, drawn)
     if sheet is not None:
         sheet.add(result, image, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    image.save(tmp, format="JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else "PNG", quality=92)
-    tmp.replace(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(target, overwrite=overwrite) as handle:
+            image.save(handle, format="JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else "PNG", quality=92)
+    except (OSError, FkpError) as exc:
+        return f"{result.image}: annotated copy not written ({exc})"
     return None
 
 

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import FkpError
 from .options import Augment, Detect, Device, Engine, Faces, Format, Model, Points, PredictOptions, Recipe, Runtime
 from .zoo import DEFAULT_MODEL, SHIPPED_MODELS
@@ -103,8 +103,9 @@ def predict(
     points: Annotated[Points, typer.Option(
         help="15 = the Kaggle keypoints; 68 adds the iBUG p0_x..p67_y columns.")] = Points.kaggle15,
     annotate: Annotated[Optional[Path], typer.Option(help="Write annotated copies of the images under this folder.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run: skip images already in -o FILE, append the rest.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file (and existing annotated copies).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run with the same options: skip images already in -o FILE, append the rest.")] = False,
+    raw_names: Annotated[bool, typer.Option(help="CSV: write text cells as they are; by default a cell starting with = + - @ ' tab or CR gets a leading ' so spreadsheets never run it as a formula.")] = False,
     shard: Annotated[Optional[str], typer.Option(help="K/N: process only shard K (0-based) of N, for job arrays.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any file failed.")] = False,
     engine: Annotated[Engine, typer.Option(help="ray = a Ray Data job; -o is then a folder of shards.")] = Engine.local,
@@ -123,7 +124,8 @@ def predict(
 
     with _clean_errors():
         request = BatchRequest(paths=tuple(paths or ()), out=out, fmt=fmt, points=points, recursive=recursive,
-                               from_list=from_list, annotate=annotate, overwrite=overwrite, resume=resume)
+                               from_list=from_list, annotate=annotate, overwrite=overwrite, resume=resume,
+                               raw_names=raw_names)
         options = PredictOptions(detect=detect, faces=faces, min_score=min_score, min_face=min_face,
                                  max_pixels=max_pixels, batch_size=batch_size,
                                  **({} if workers is None else {"workers": workers}))
@@ -132,22 +134,23 @@ def predict(
         if engine == Engine.ray:
             _predict_with_ray(request, options, weights, device, ray_address, num_gpus, concurrency, quiet)
             return
-        predictor = Predictor.load(weights, device, runtime)
-        if verbose and not quiet:
-            spec = predictor.spec
-            runner = "onnxruntime" if predictor.onnx is not None else "PyTorch"
-            _say(f"model {weights} ({spec.arch}, {len(spec.keypoints)} points, {spec.input_size} px) "
-                 f"on {predictor.device} in {runner}; batch {options.batch_size}, {options.workers} workers, "
-                 f"--detect {options.detect}")
-        progress = progress_for("predict", quiet=quiet, terminal=err.is_terminal, console=err)
         try:
-            with progress:
-                summary = run_batch(predictor, request, options, shard=shard_spec,
-                                    on_start=progress.start, on_batch=progress.advance)
-        except KeyboardInterrupt:
-            target = out if out != "-" else "FILE"
-            err.print(f"interrupted; rows written so far are complete. Continue with: fkpbatch predict ... -o {target} --resume", highlight=False)
-            raise typer.Exit(130) from None
+            with interrupts.handled():  # Ctrl-C and SIGTERM stop between whole batches
+                predictor = Predictor.load(weights, device, runtime)
+                if verbose and not quiet:
+                    spec = predictor.spec
+                    runner = "onnxruntime" if predictor.onnx is not None else "PyTorch"
+                    _say(f"model {weights} ({spec.arch}, {len(spec.keypoints)} points, {spec.input_size} px) "
+                         f"on {predictor.device} in {runner}; batch {options.batch_size}, {options.workers} workers, "
+                         f"--detect {options.detect}")
+                progress = progress_for("predict", quiet=quiet, terminal=err.is_terminal, console=err)
+                with progress:
+                    summary = run_batch(predictor, request, options, shard=shard_spec,
+                                        on_start=progress.start, on_batch=progress.advance)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, interrupts.Terminated)
+            _interrupted_hint("terminated (SIGTERM)" if terminated else "interrupted", out, fmt)
+            raise typer.Exit(143 if terminated else 130) from None
     if not quiet:
         shown = summary.warnings if verbose else summary.warnings[:20]
         for warning in shown:
@@ -157,6 +160,18 @@ def predict(
         _say(summary.line())
     if strict and summary.errors:
         raise typer.Exit(1)
+
+
+def _interrupted_hint(what: str, out: str, fmt: str | None) -> None:
+    """How to continue after Ctrl-C or SIGTERM; the output holds whole images only."""
+    import shlex
+
+    if out == "-":
+        err.print(f"{what}; the rows on stdout are whole images. Standard output cannot be continued: "
+                  "run again, or write to a file with -o FILE, which --resume continues", highlight=False)
+        return
+    err.print(f"{what}; {out} holds whole images only. Continue with the same command plus --resume "
+              f"(and without --overwrite): fkpbatch predict ... -o {shlex.quote(out)} --resume", highlight=False)
 
 
 def _predict_with_ray(request, options, weights, device, address, num_gpus, concurrency, quiet) -> None:
@@ -290,6 +305,7 @@ def merge(
     out: Annotated[Path, typer.Option("--out", "-o", help="Merged output file.")],
     check: Annotated[Optional[list[Path]], typer.Option(help="The run's inputs: report images missing from the shards.")] = None,
     recursive: Annotated[bool, typer.Option(help="Walk --check folders recursively.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing -o file (never one of the shard outputs).")] = False,
 ):
     """Combine shard outputs; refuse doubled images; with --check, list incomplete shards."""
     from .discover import discover
@@ -297,8 +313,11 @@ def merge(
 
     with _clean_errors():
         expected = [f.name for f in discover(check, recursive=recursive).files] if check else None
-        report = merge_outputs(outputs, out, expected)
+        report = merge_outputs(outputs, out, expected, overwrite=overwrite)
     err.print(f"merged {report['images']} images ({report['rows']} rows) into {out}", highlight=False)
+    for shard_out, image in report["dropped"]:
+        err.print(f"[yellow]warning:[/yellow] {shard_out}: its run did not end cleanly; its last image {image} may "
+                  "lack faces and was left out (rerun that shard with --resume, then merge again)", highlight=False)
     if report["missing"]:
         shards = ", ".join(f"shard {k}/{len(outputs)}: {n} missing" for k, n in report["incomplete_shards"].items())
         err.print(f"[yellow]incomplete:[/yellow] {len(report['missing'])} images not in any shard output ({shards}); rerun those shards with --resume", highlight=False)

@@ -48,6 +48,7 @@ def atomic_write(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide outputs from the user's group
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -65,6 +66,12 @@ def write_bytes_atomic(path: Path, data: bytes | str, **options) -> None:
     """Write a whole file at once through :func:`atomic_write` (text is UTF-8)."""
     with atomic_write(path, **options) as handle:
         handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _remove(path: str) -> None:

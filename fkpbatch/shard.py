@@ -6,11 +6,23 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 from .discover import InputFile
-from .errors import UsageError
+from .errors import OutputError, UsageError
+from .fileio import write_bytes_atomic
+from .resume import (
+    SIDECAR_SUFFIX,
+    OutputLock,
+    check_folder,
+    describe_differences,
+    read_sidecar,
+    record_ends,
+    write_sidecar,
+)
+from .writers import csv_text, unprotect
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -33,50 +45,89 @@ def select_shard(files: list[InputFile], index: int, count: int) -> list[InputFi
     return [f for f in files if shard_of(f.name, count) == index]
 
 
-def _read_output(path: Path) -> tuple[list[str] | None, list, str]:
-    """(CSV header or None, records, format) of one shard output; a torn last line is ignored."""
-    text = path.read_text(encoding="utf-8")
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    if path.suffix.lower() == ".jsonl":
-        return None, [json.loads(line) for line in text.splitlines() if line.strip()], "jsonl"
-    rows = list(csv.reader(io.StringIO(text)))
-    return (rows[0] if rows else None), rows[1:], "csv"
+def _read_output(path: Path) -> tuple[list[str] | None, list, str, dict | None, str | None]:
+    """(CSV header or None, records, format, sidecar or None, image left out) of one shard output.
+    A torn last record is ignored; so is the last image of a run that did not end cleanly (its
+    sidecar says so), which may lack faces: merge reports it, --resume on that shard redoes it."""
+    record = read_sidecar(path)
+    suffix = path.suffix.lower().lstrip(".")
+    fmt = record["params"].get("format") if record else suffix if suffix in ("json", "jsonl") else "csv"
+    if fmt not in ("csv", "jsonl"):
+        raise UsageError(f"{path}: merge combines CSV or JSONL outputs, not {fmt}")
+    data = path.read_bytes()
+    try:
+        if fmt == "jsonl":  # split on line feeds only: JSON escapes CR and LF, not U+2028 or U+0085
+            end = data.rfind(b"\n") + 1
+            return None, [json.loads(line.decode("utf-8")) for line in data[:end].split(b"\n")[:-1]], fmt, record, None
+        ends = record_ends(data)  # a CR or LF inside a quoted name is not the end of a record
+        rows = list(csv.reader(io.StringIO(data[: ends[-1]].decode("utf-8") if ends else "", newline="")))
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError
+        raise UsageError(f"{path}: not an fkpbatch output ({exc})") from None
+    header, rows, dropped = (rows[0] if rows else None), rows[1:], None
+    if record is not None and record.get("clean_bytes") != len(data) and rows:
+        dropped = rows[-1][0]
+        while rows and rows[-1][0] == dropped:
+            rows.pop()
+    return header, rows, fmt, record, dropped
 
 
-def merge_outputs(inputs: list[Path], out: Path, expected: list[str] | None = None) -> dict:
-    """Concatenate shard outputs sorted by image; refuse doubled images; with ``expected`` (all
-    input names), report the missing ones by the shard that should have held them."""
-    header, records, fmt = None, [], None
+def merge_outputs(inputs: list[Path], out: Path, expected: list[str] | None = None, *, overwrite: bool = False) -> dict:
+    """Concatenate shard outputs sorted by image; refuse doubled images and shards made with other
+    options; with ``expected`` (all input names), report the missing ones by the shard that should
+    have held them. ``out`` is written whole through a temporary file: never an input, never an
+    existing file without ``overwrite``."""
+    inputs = [p for p in inputs if not p.name.endswith(SIDECAR_SUFFIX)]  # read with their output
+    if not inputs:
+        raise UsageError("no shard outputs to merge")
     for path in inputs:
         if not path.is_file():
             raise UsageError(f"{path}: no such shard output")
-        head, rows, kind = _read_output(path)
+    check_folder(out)
+    with OutputLock(out):
+        return _merge(inputs, out, expected, overwrite)
+
+
+def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite: bool) -> dict:
+    if os.path.lexists(out) and not overwrite:
+        raise OutputError(f"{out} exists; pass --overwrite to replace it")
+    header, records, fmt, runs, dropped = None, [], None, [], []
+    for path in inputs:
+        head, rows, kind, record, left_out = _read_output(path)
         if fmt is not None and kind != fmt:
             raise UsageError(f"{path}: cannot merge {kind} with {fmt}")
         if header is not None and head is not None and head != header:
             raise UsageError(f"{path}: its columns differ from {inputs[0]}")
+        if record is not None:
+            run = dict(record["params"], shard=None)
+            if runs and run != runs[0][1]["params"]:
+                raise UsageError(f"{path} was made with other options than {runs[0][0]}: "
+                                 f"{describe_differences(runs[0][1]['params'], run)}")
+            runs.append((path, dict(record, params=run)))
         header, fmt = header or head, kind
         records += [(path, r) for r in rows]
-    image_of = (lambda r: r["image"]) if fmt == "jsonl" else (lambda r: r[0])
+        dropped += [(path, left_out)] if left_out is not None else []
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix in ("csv", "json", "jsonl") and suffix != fmt:
+        raise UsageError(f"-o {out}: the shard outputs are {fmt}; name the merged file .{fmt}")
+    raw = bool(runs and runs[0][1]["params"].get("raw_names"))
+    name = (lambda r: r["image"]) if fmt == "jsonl" else (lambda r: r[0]) if raw else (lambda r: unprotect(r[0]))
     key_of = (lambda r: (r["image"], "")) if fmt == "jsonl" else (lambda r: (r[0], r[1]))
     owners: dict[str, set[Path]] = {}
     keys = Counter(key_of(r) for _, r in records)
     for path, record in records:
-        owners.setdefault(image_of(record), set()).add(path)
+        owners.setdefault(name(record), set()).add(path)
     doubled = sorted({n for n, paths in owners.items() if len(paths) > 1} | {k[0] for k, c in keys.items() if c > 1})
     if doubled:
         raise UsageError(f"{len(doubled)} image(s) appear more than once across the shard outputs, e.g. {doubled[0]}")
-    records.sort(key=lambda pr: (image_of(pr[1]), int(pr[1][1]) if fmt == "csv" else 0))
-    tmp = out.with_name(f".{out.name}.partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        if fmt == "csv":
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(r for _, r in records)
-        else:
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for _, r in records)
-    tmp.replace(out)
+    records.sort(key=lambda pr: (name(pr[1]), int(pr[1][1]) if fmt == "csv" else 0))
+    if fmt == "csv":
+        text = csv_text([header] + [r for _, r in records])  # cells as the shards wrote them
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in records)
+    write_bytes_atomic(out, text, overwrite=overwrite, inputs=inputs)
+    if runs and len(runs) == len(inputs):  # the merged file is an output of the same run: --resume continues it
+        write_sidecar(out, runs[0][1]["params"], runs[0][1].get("columns") or header, len(text.encode("utf-8")))
     missing = sorted(set(expected) - set(owners)) if expected is not None else []
     incomplete = Counter(shard_of(name, len(inputs)) for name in missing)
-    return {"images": len(owners), "rows": len(records), "missing": missing, "incomplete_shards": dict(sorted(incomplete.items()))}
+    return {"images": len(owners), "rows": len(records), "missing": missing, "incomplete_shards": dict(sorted(incomplete.items())),
+            "dropped": [(str(path), image) for path, image in dropped]}

@@ -1,24 +1,30 @@
-"""Output: CSV rows per face, JSON/JSONL objects per image. CSV and JSONL are appended batch by
-batch with one write call each (a killed run leaves whole rows); JSON goes to a temporary file
-that is renamed at the end. ``done_images`` reads an output back for ``--resume``."""
+"""Output: CSV rows per face, JSON/JSONL objects per image.
+
+CSV and JSONL are created with their header through a temporary file (never a link, never over
+an input) and then appended batch by batch, one write call per batch; a write that fails is cut
+back to the last whole batch. JSON goes to a temporary file renamed into place when the run ends
+or is interrupted. CSV text cells are made spreadsheet-safe (:func:`protect`) unless ``raw``."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
+import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
-from .results import ImageResult
-from .errors import UsageError
+from . import interrupts
+from .errors import OutputError, UsageError
+from .fileio import atomic_write
 from .keypoints import KAGGLE_POINTS, coordinate_columns
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .engine import ImageResult
 
 FORMATS = ("csv", "json", "jsonl")
 BASE_COLUMNS = ["image", "face", "status", "error", "width", "height", "score", "box_x", "box_y", "box_w", "box_h"]
@@ -76,107 +82,172 @@ class RowLayout:
                 "error": result.error, "faces": faces}
 
 
+# A CSV cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP
+# "CSV injection"); ' itself is included so that protect() can be undone exactly.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+
+
+def protect(text: str) -> str:
+    """Spreadsheet-safe text: a leading ``'`` before a cell that would start a formula (and
+    before one that starts with ``'``, so that :func:`unprotect` is exact). Numbers stay numbers."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def unprotect(text: str) -> str:
+    """The text :func:`protect` was given."""
+    return text.removeprefix("'")
+
+
+def _cell(value) -> str:
+    if isinstance(value, str):  # quoted when it holds a comma, a quote, CR or LF (csv leaves CR bare)
+        return '"' + value.replace('"', '""') + '"' if _NEEDS_QUOTES.search(value) else value
+    return str(value)
+
+
+def csv_text(rows: Iterable[list], *, safe: bool = False) -> str:
+    """CSV lines (``\n``-terminated, RFC 4180 quoting); with ``safe``, text cells are protected."""
+    if safe:
+        rows = ([protect(v) if isinstance(v, str) else v for v in row] for row in rows)
+    return "".join(",".join(map(_cell, row)) + "\n" for row in rows)
+
+
 def infer_format(out: str, fmt: str | None) -> str:
-    """``--format`` wins; otherwise the output's extension; CSV for stdout and unknown extensions."""
+    """``--format`` wins; otherwise the output's extension (.csv, .json, .jsonl); CSV on stdout."""
     if fmt:
         if fmt not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         return fmt
+    if out == "-":
+        return "csv"
     suffix = Path(out).suffix.lower().lstrip(".")
-    return suffix if out != "-" and suffix in FORMATS else "csv"
+    if suffix not in FORMATS:
+        raise UsageError(f"-o {out}: unknown output extension {Path(out).suffix or '(none)'!r}; "
+                         "use .csv, .json or .jsonl, or give --format")
+    return suffix
 
 
 class ResultWriter:
-    """Writes results in ``fmt`` to ``out`` (``-`` = stdout); use as a context manager."""
+    """Writes results in ``fmt`` to ``out`` (``-`` = stdout); use as a context manager.
 
-    def __init__(self, out: str, fmt: str, keypoints: tuple[str, ...], points: str = "15", *, append: bool = False):
-        self.out, self.fmt = out, fmt
+    A new file is created through :func:`fileio.atomic_write` (``overwrite`` may replace an
+    existing one). ``resume_fd``/``keep``: an open, checked existing CSV/JSONL output, cut to its
+    first ``keep`` bytes and appended to; ``objects``: the images of an existing JSON output, kept
+    in front. ``safe``: spreadsheet-safe CSV text cells. ``committed`` is the length of the file
+    up to the last whole batch written.
+    """
+
+    def __init__(self, out: str, fmt: str, keypoints: tuple[str, ...], points: str = "15", *, overwrite: bool = False,
+                 resume_fd: int | None = None, keep: int = 0, objects: list | None = None, safe: bool = True):
+        self.out, self.fmt, self.safe = out, fmt, safe
         self.layout = RowLayout(keypoints, points)
         self.path = None if out == "-" else Path(out)
         self.rows_written = 0
+        self.broken = False  # a write failed: nothing more is written
+        self.clean = True  # the file ends on a whole batch
         self._first_json = True
+        self._fd = None
+        self._json = None
         if self.path is None:
             sys.stdout.flush()
-            self._stream = sys.stdout.buffer
         elif fmt == "json":
-            self._tmp = self.path.with_name(f".{self.path.name}.partial")
-            self._stream = open(self._tmp, "wb", buffering=0)
+            self._json = atomic_write(self.path, overwrite=True)
+            self._fd = self._json.__enter__().fileno()
+        elif resume_fd is not None:
+            os.ftruncate(resume_fd, keep)  # drop a torn or unfinished last image (checked by the caller)
+            os.lseek(resume_fd, keep, os.SEEK_SET)
+            self._fd = resume_fd
         else:
-            self._stream = open(self.path, "ab" if append else "wb", buffering=0)
-        has_header = append and self.path is not None and self.path.stat().st_size > 0
-        if fmt == "csv" and not has_header:
-            self._write(self._csv_text([self.layout.columns]))
+            with atomic_write(self.path, overwrite=overwrite) as handle:
+                if fmt == "csv":
+                    handle.write(csv_text([self.layout.columns]).encode("utf-8"))
+                self._fd = os.dup(handle.fileno())
+        self.committed = os.lseek(self._fd, 0, os.SEEK_CUR) if self.path is not None else 0
+        if fmt == "csv" and (self.path is None or (resume_fd is not None and keep == 0)):
+            self._write(csv_text([self.layout.columns]))
         elif fmt == "json":
             self._write("[\n")
+            if objects:
+                self._write_json([json.dumps(obj, ensure_ascii=False) for obj in objects])
 
     def _write(self, text: str) -> None:
+        """One write call (unbuffered; loops only if the kernel takes less). On failure the file is
+        cut back to the last whole batch and an OutputError says how to continue."""
+        if self.broken:
+            return
         data = memoryview(text.encode("utf-8"))
-        while data:  # one write call almost always (unbuffered); loop only if the kernel takes less
-            data = data[self._stream.write(data):]
-        self._stream.flush()
+        try:
+            with interrupts.deferred():  # Ctrl-C/SIGTERM wait until the batch is written and counted
+                if self.path is None:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                    return
+                while data:
+                    data = data[os.write(self._fd, data):]
+                self.committed = os.lseek(self._fd, 0, os.SEEK_CUR)
+        except OSError as exc:
+            self.broken = True
+            if self.path is not None and self.fmt != "json":
+                try:
+                    os.ftruncate(self._fd, self.committed)
+                except OSError:
+                    self.clean = False
+            what = "stdout" if self.path is None else str(self.path)
+            hint = "" if self.path is None or self.fmt == "json" else "; it holds whole images; continue with --resume"
+            raise OutputError(f"cannot write {what}: {exc.strerror or exc}{hint}") from None
 
-    @staticmethod
-    def _csv_text(rows: list[list]) -> str:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerows(rows)
-        return buffer.getvalue()
+    def _write_json(self, lines: list[str]) -> None:
+        self._write(("" if self._first_json else ",\n") + ",\n".join(lines))
+        self._first_json = False
 
     def write(self, results: Iterable[ImageResult]) -> None:
-        """Append one batch of results (skipped files are not written)."""
+        """Append one batch of results (skipped files are not written) in one write call."""
         results = [r for r in results if r.status != "skipped"]
         if not results:
             return
         if self.fmt == "csv":
-            rows = [row for r in results for row in self.layout.rows(r)]
-            self._write(self._csv_text(rows))
+            text = csv_text((row for r in results for row in self.layout.rows(r)), safe=self.safe)
         else:
             lines = [json.dumps(self.layout.object(r), ensure_ascii=False) for r in results]
-            if self.fmt == "jsonl":
-                self._write("".join(line + "\n" for line in lines))
+            text = "".join(line + "\n" for line in lines) if self.fmt == "jsonl" else None
+        with interrupts.deferred():  # the batch is written and counted, or not at all
+            if text is None:
+                self._write_json(lines)
             else:
-                self._write(("" if self._first_json else ",\n") + ",\n".join(lines))
-                self._first_json = False
-        self.rows_written += len(results)
+                self._write(text)
+            self.rows_written += len(results)
 
-    def close(self, complete: bool = True) -> None:
+    def close(self) -> None:
+        """Finish the file: JSON is closed and renamed into place (unless a write failed, which
+        leaves the previous output as it was); CSV/JSONL are synced to disk."""
+        if self.path is None:
+            return
         if self.fmt == "json":
             self._write("\n]\n")
-        if self.path is not None:
-            self._stream.close()
-            if self.fmt == "json" and complete:
-                os.replace(self._tmp, self.path)
+            failed = OutputError("a write failed") if self.broken else None
+            self._json.__exit__(*((type(failed), failed, None) if failed else (None, None, None)))
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            self.clean = False
+        os.close(self._fd)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, exc_type, *_):
-        self.close(complete=exc_type is None)
-
-
-def done_images(path: Path, fmt: str) -> set[str]:
-    """Images already in an output (for ``--resume``). A torn last line from a killed run is cut
-    off first, so appending continues on a line boundary."""
-    if fmt == "json":
-        raise UsageError("--resume works with CSV and JSONL outputs (JSON is written whole at the end)")
-    if not path.exists() or path.stat().st_size == 0:
-        return set()
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(path, "r+b") as handle:
-            handle.truncate(end)
-        data = data[:end]
-    text = data.decode("utf-8")
-    if fmt == "jsonl":
-        return {json.loads(line)["image"] for line in text.splitlines() if line.strip()}
-    return {row["image"] for row in csv.DictReader(io.StringIO(text))}
+    def __exit__(self, *_):
+        self.close()
 
 
 def results_frame(results: Iterable[ImageResult], keypoints: tuple[str, ...], points: str = "15") -> pd.DataFrame:
     """Results as a DataFrame with exactly the CSV's columns and dtypes (for the Python API).
     pandas is imported here, not at the top: the CLI never needs it and it costs 0.6 s of start-up."""
+    import io
+
     import pandas as pd
 
     layout = RowLayout(keypoints, points)
     rows = [row for r in results if r.status != "skipped" for row in layout.rows(r)]
-    return pd.read_csv(io.StringIO(ResultWriter._csv_text([layout.columns] + rows)), keep_default_na=False, na_values=[""])
+    text = csv_text([layout.columns] + rows)
+    return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])

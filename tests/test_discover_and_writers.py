@@ -13,7 +13,8 @@ from fkpbatch.errors import UsageError
 from fkpbatch.keypoints import KAGGLE_POINTS, IBUG_POINTS
 from fkpbatch.shard import merge_outputs, select_shard, shard_of
 from fkpbatch.transforms import Box
-from fkpbatch.writers import ResultWriter, columns_for, done_images, infer_format
+from fkpbatch.resume import InputIdentities, open_existing, write_sidecar
+from fkpbatch.writers import ResultWriter, columns_for, infer_format
 
 from conftest import REPO
 
@@ -76,7 +77,11 @@ def test_csv_rows_carry_the_right_coordinates(tmp_path):
 
 def test_format_follows_the_extension_unless_given():
     assert infer_format("-", None) == "csv" and infer_format("a.jsonl", None) == "jsonl"
-    assert infer_format("a.JSON", None) == "json" and infer_format("a.txt", None) == "csv" and infer_format("a.csv", "json") == "json"
+    assert infer_format("a.JSON", None) == "json" and infer_format("a.csv", "json") == "json"
+    assert infer_format("a.txt", "csv") == "csv"
+    for name in ("a.txt", "out.xlsx", "out"):
+        with pytest.raises(UsageError, match="unknown output extension"):
+            infer_format(name, None)
 
 
 def test_json_is_only_in_place_when_complete(tmp_path):
@@ -88,13 +93,17 @@ def test_json_is_only_in_place_when_complete(tmp_path):
     assert json.loads(out.read_text())[0]["faces"][0]["keypoints"]["left_eye_center"] == [0.0, 1.0]
 
 
-def test_done_images_reads_jsonl_and_cuts_torn_lines(tmp_path):
+def test_resume_reads_jsonl_and_cuts_torn_lines(tmp_path):
     out = tmp_path / "o.jsonl"
     with ResultWriter(str(out), "jsonl", KAGGLE_POINTS) as writer:
         writer.write([_result("x.jpg"), _result("y.jpg")])
+    write_sidecar(out, {"format": "jsonl"}, columns_for(KAGGLE_POINTS), None)
     out.write_bytes(out.read_bytes() + b'{"image": "z.jp')
-    assert done_images(out, "jsonl") == {"x.jpg", "y.jpg"}
-    assert out.read_bytes().endswith(b"}\n")
+    existing = open_existing(out, "jsonl", {"format": "jsonl"}, columns_for(KAGGLE_POINTS), InputIdentities([]), safe=True)
+    assert existing.done == {"x.jpg", "y.jpg"} and existing.keep == out.read_bytes().rindex(b"\n") + 1
+    with ResultWriter(str(out), "jsonl", KAGGLE_POINTS, resume_fd=existing.fd, keep=existing.keep) as writer:
+        writer.write([_result("z.jpg")])
+    assert [json.loads(line)["image"] for line in out.read_bytes().split(b"\n")[:-1]] == ["x.jpg", "y.jpg", "z.jpg"]
 
 
 def test_shards_partition_the_inputs_stably(tree):

@@ -137,9 +137,14 @@ def test_resume_cuts_a_torn_last_line(tmp_path, tiny_weights):
 def test_output_never_replaces_an_input_and_annotations_stay_inside(tmp_path, tiny_weights, monkeypatch):
     target = tmp_path / "face.jpg"
     shutil.copy(FACE, target)
-    result = runner.invoke(app, ["predict", str(target), "-w", str(tiny_weights), "-o", str(target), "--overwrite"])
+    result = runner.invoke(app, ["predict", str(target), "-w", str(tiny_weights), "-o", str(target), "--overwrite", "-f", "csv"])
     assert result.exit_code == 2 and "is one of the input files" in result.stderr
     assert target.read_bytes() == FACE.read_bytes()
+    os.link(target, tmp_path / "alias.csv")  # the same file under another name: compared by inode, not by path
+    for extra in (["--overwrite"], ["--resume"]):
+        result = runner.invoke(app, ["predict", str(target), "-w", str(tiny_weights), "-o", str(tmp_path / "alias.csv"), *extra])
+        assert result.exit_code == 2 and "is one of the input files" in result.stderr
+        assert target.read_bytes() == FACE.read_bytes()
     annotated = tmp_path / "ann"
     relative = os.path.relpath(target, tmp_path / "deep" / "er")
     (tmp_path / "deep" / "er").mkdir(parents=True)
