@@ -3,6 +3,7 @@ annotated images, resume after a kill, and count what happened. The CLI only par
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,7 @@ def _check_output(request: BatchRequest, fmt: str, inputs: list[InputFile]) -> s
             raise UsageError("--resume needs an output file (-o FILE)")
         return set()
     out = Path(request.out)
-    if out.resolve() in {f.path.resolve() for f in inputs}:
+    if os.path.realpath(out) in {os.path.realpath(f.path) for f in inputs}:  # realpath: a symlink loop is no error
         raise UsageError(f"{out} is one of the input files; choose another output")
     if out.is_dir():
         raise UsageError(f"{out} is a folder; -o takes a file name")

@@ -42,6 +42,10 @@ def _clean_errors():
     except FkpError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # the environment: a missing folder, a read-only or full disk, a closed pipe
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/red] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _version(value: bool):
@@ -163,6 +167,7 @@ def train(
     device: DeviceOption = "auto",
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers.")] = 2,
     strict: Annotated[bool, typer.Option(help="Missing image files are an error, not a warning.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start a new run in an --out folder that holds one (its files are replaced).")] = False,
     quiet: QuietOption = False,
 ):
     """Train a keypoint model; writes best.pt, last.pt, metrics.jsonl, config.json and loss.png."""
@@ -183,7 +188,7 @@ def train(
                     images_dir=str(images) if images else None, init=str(init) if init else None, label_offsets=tuple(label_offset or ()), seed=seed, device=device, workers=workers, strict=strict,
                 )
                 run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-                best = run_training(config, run_dir, show_progress=show, log=log)
+                best = run_training(config, run_dir, show_progress=show, log=log, overwrite=overwrite)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
     if not quiet:
@@ -199,13 +204,19 @@ def evaluate(
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --json file.")] = False,
 ):
     """RMSE (Kaggle 96-pixel units), NME (% of outer-eye-corner distance), failure rate, per keypoint."""
-    from .engine import Predictor, PredictOptions
+    from .engine import DEFAULT_WEIGHTS, Predictor, PredictOptions
     from .evaluate import evaluate_checkpoint
     from .runtime import default_workers
 
+    from .fileio import check_target, write_bytes_atomic
+
     with _clean_errors():
+        inputs = [*data, weights or DEFAULT_WEIGHTS, *([holdout / "config.json"] if holdout else [])]
+        if json_out:
+            check_target(json_out, overwrite=overwrite, inputs=inputs)  # before minutes of work
         predictor = Predictor.load(weights, device)
         options = PredictOptions(detect=detect, workers=default_workers() if workers is None else workers)
         reports = [evaluate_checkpoint(predictor, path, holdout=holdout, options=options) for path in data]
@@ -222,7 +233,9 @@ def evaluate(
             line += f"  quality~NME Spearman {report['quality_vs_nme_spearman']:+.2f}"
         console.print(line, highlight=False)
     if json_out:
-        json_out.write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n")
+        with _clean_errors():
+            write_bytes_atomic(json_out, json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n",
+                               overwrite=overwrite, inputs=inputs)
 
 
 @app.command()
@@ -232,13 +245,15 @@ def submission(
     out: Annotated[Path, typer.Option("--out", "-o", help="Submission CSV to write.")] = Path("submission.csv"),
     weights: WeightsOption = None,
     device: DeviceOption = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ):
     """Write a Kaggle submission (RowId,Location), coordinates clipped to [0, 96]."""
-    from .engine import Predictor
+    from .engine import DEFAULT_WEIGHTS, Predictor
     from .evaluate import write_submission
 
     with _clean_errors():
-        rows = write_submission(Predictor.load(weights, device), test_csv, lookup, out)
+        rows = write_submission(Predictor.load(weights, device), test_csv, lookup, out, overwrite=overwrite,
+                                inputs=[test_csv, lookup, weights or DEFAULT_WEIGHTS])
     err.print(f"wrote {rows} rows to {out}", highlight=False)
 
 
@@ -267,6 +282,7 @@ def merge(
 def export(
     onnx: Annotated[Path, typer.Option(help="ONNX file to write (input: uint8 crops N x 1 x S x S; outputs: keypoints in crop units, quality).")],
     weights: WeightsOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing ONNX file.")] = False,
 ):
     """Export a keypoint model to ONNX, for other runtimes."""
     from .checkpoint import load_model
@@ -275,7 +291,7 @@ def export(
 
     with _clean_errors():
         model, spec = load_model(weights or DEFAULT_WEIGHTS)
-        export_onnx(model, spec, onnx)
+        export_onnx(model, spec, onnx, overwrite=overwrite, inputs=[weights or DEFAULT_WEIGHTS])
     err.print(f"wrote {onnx} ({spec.arch}, {len(spec.keypoints)} keypoints, input {spec.input_size}x{spec.input_size} uint8)", highlight=False)
 
 

@@ -98,6 +98,8 @@ class FaceCropper:
     def __call__(self, item: InputFile) -> dict:
         """A record: status, error, width, height, boxes, scores and the (F, 1, S, S) uint8 crops."""
         record = {"status": "ok", "error": "", "width": None, "height": None, "boxes": [], "scores": [], "crops": self._no_crops()}
+        if not item.usable:  # decided at discovery: never opened (a FIFO would block forever)
+            return {**record, "status": "error" if item.error else "skipped", "error": item.error or item.skip_reason}
         try:
             image = load_image(item.path, self.options.max_pixels)
             record.update(width=image.width, height=image.height)

@@ -28,7 +28,8 @@ RAY_FORMATS = ("csv", "jsonl", "parquet")
 
 
 def _item(row: dict) -> InputFile:
-    return InputFile(Path(os.fsdecode(row["path"])), row["name"], bool(row["skip"]), row["relative"])
+    return InputFile(Path(os.fsdecode(row["path"])), row["name"], bool(row["skip"]), row["relative"],
+                     error=row.get("error") or "", skip_reason=row.get("skip_reason") or "")
 
 
 @lru_cache(maxsize=4)
@@ -104,7 +105,8 @@ def run_ray(
         return 0
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
-    rows = [{"path": os.fsencode(f.path), "name": f.name, "skip": f.skip_if_not_image, "relative": f.relative} for f in files]
+    rows = [{"path": os.fsencode(f.path), "name": f.name, "skip": f.skip_if_not_image, "relative": f.relative,
+             "error": f.error, "skip_reason": f.skip_reason} for f in files]
     dataset = ray.data.from_items(rows).map(_crop, fn_kwargs={"spec_json": json.dumps(spec), "options": options})
     dataset = dataset.map_batches(
         _KeypointActor,

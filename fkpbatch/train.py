@@ -17,6 +17,7 @@ from .checkpoint import ModelSpec, load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig
 from .datasets import FaceDataset, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
 from .errors import DataError, TrainingDiverged, UsageError
+from .fileio import atomic_write, write_bytes_atomic
 from .keypoints import KAGGLE_POINTS, points_for
 from .metrics import nme_per_face, rmse
 from .runtime import autocast, resolve_device, to_model_input
@@ -54,6 +55,8 @@ def build_datasets(config: TrainConfig, warn=print):
             table = load_folder_csv(path, keypoints, images_dir, strict=config.strict, warn=warn)
         if not table.names:
             raise DataError(f"{path}: no usable rows")
+        if not np.isfinite(table.points).any():
+            raise DataError(f"{path}: every keypoint label is empty; nothing to learn from (are these the unlabelled test images?)")
         is_val = split_by_group(table.names, config.val_split, config.group_by, config.seed)
         common = dict(input_size=config.input_size, framing=framing, label_offset=label_offset)
         train_parts.append(FaceDataset(table, np.flatnonzero(~is_val), augment=augment, jitter=config.jitter, **common))
@@ -143,7 +146,7 @@ def _make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
     return optimizer, scheduler
 
 
-def _plot_losses(history: list[dict], path: Path) -> None:
+def _plot_losses(history: list[dict], path: Path, inputs=()) -> None:
     """loss.png: train and validation loss per epoch (log scale), drawn with Pillow."""
     from PIL import Image, ImageDraw
 
@@ -165,11 +168,38 @@ def _plot_losses(history: list[dict], path: Path) -> None:
             draw.line(points, fill=colour, width=2)
         draw.text((width - pad - 60, pad + 10 + 15 * (name == "val")), f"{name} loss", fill=colour)
     draw.text((pad, height - pad + 10), f"epochs 1..{len(history)}; loss {10**low:.3g}..{10**high:.3g} (log)", fill="black")
-    image.save(path)
+    with atomic_write(path, overwrite=True, inputs=inputs) as handle:
+        image.save(handle, format="PNG")
 
 
-def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+def _write_json(path: Path, data, inputs=()) -> None:
+    write_bytes_atomic(path, json.dumps(data, indent=2) + "\n", overwrite=True, inputs=inputs)
+
+
+# What a run folder holds; a new run never writes over them unless told to (--overwrite).
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "config.json", "val_images.txt", "loss.png")
+
+
+def _read_history(path: Path, epochs: int) -> list[dict]:
+    """metrics.jsonl of the run being resumed (the loss plot's history); a damaged file is a
+    DataError naming the line, never a traceback."""
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc}); delete it to resume without the loss history") from None
+    history = []
+    for number, line in enumerate(lines[:epochs], start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not {"train_loss", "val_loss"} <= set(record):
+            raise DataError(f"{path}, line {number}: not a metrics record; fix or delete the file to resume "
+                            "(the loss history then restarts)")
+        history.append(record)
+    return history
 
 
 RECIPES = {
@@ -201,19 +231,32 @@ def build_config(data: tuple[str, ...], recipe: str | None = None, **overrides) 
 def resume_training(out_dir: Path, *, epochs: int | None = None, device: str = "auto", workers: int = 2, **kwargs) -> Path:
     """Continue the run in ``out_dir`` from last.pt with its saved config (optionally more epochs)."""
     state = load_checkpoint(out_dir / "last.pt")
-    saved = dict(state["config"], device=device, workers=workers)
-    if epochs is not None:
-        saved["epochs"] = epochs
-    return _fit(TrainConfig(**saved), out_dir, state, **kwargs)
+    try:
+        saved = dict(state["config"], device=device, workers=workers)
+        if epochs is not None:
+            saved["epochs"] = epochs
+        config = TrainConfig(**saved)
+        int(state["epoch"]), float(state["best"])
+        missing = {"model", "optimizer", "scheduler"} - set(state)
+        if missing:
+            raise KeyError(", ".join(sorted(missing)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{out_dir / 'last.pt'}: not a resumable training checkpoint ({type(exc).__name__}: {exc})") from None
+    return _fit(config, out_dir, state, **kwargs)
 
 
-def train(config: TrainConfig, out_dir: Path, *, show_progress: bool = True, log=print) -> Path:
+def train(config: TrainConfig, out_dir: Path, *, show_progress: bool = True, log=print, overwrite: bool = False) -> Path:
     """Train per ``config`` into ``out_dir`` (best.pt, last.pt, metrics.jsonl, config.json, loss.png).
 
-    Ctrl-C saves last.pt at the last finished epoch and says how to resume. Returns best.pt's path.
+    A folder that already holds any of these is refused unless ``overwrite``. Ctrl-C saves last.pt
+    at the last finished epoch and says how to resume. Returns best.pt's path.
     """
-    if (out_dir / "last.pt").exists():
-        raise UsageError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; give a folder")
+    held = [name for name in RUN_FILES if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+    if held and not overwrite:
+        raise UsageError(f"{out_dir} already holds a run ({', '.join(held)}); continue it with --resume {out_dir}, "
+                         "choose another --out or pass --overwrite")
     return _fit(config, out_dir, None, show_progress=show_progress, log=log)
 
 
@@ -250,16 +293,17 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = int(state["epoch"]), float(state["best"])
-        metrics_file = out_dir / "metrics.jsonl"
-        history = [json.loads(line) for line in metrics_file.read_text().splitlines()][:start_epoch] if metrics_file.exists() else []
+        history = _read_history(out_dir / "metrics.jsonl", start_epoch)
         log(f"resuming {out_dir} at epoch {start_epoch + 1}/{config.epochs}")
-    _write_json(out_dir / "config.json", config.to_dict())
-    (out_dir / "val_images.txt").write_text("".join(f"{n}\n" for n in val_names))
+    # Never written over: the training data and the --init weights (the run's files are its own).
+    inputs = [Path(d) for d in config.data] + ([Path(config.init)] if config.init else [])
+    _write_json(out_dir / "config.json", config.to_dict(), inputs)
+    write_bytes_atomic(out_dir / "val_images.txt", "".join(f"{n}\n" for n in val_names), overwrite=True, inputs=inputs)
     log(f"training {config.arch} on {len(train_set)} faces, validating on {len(val_set)}, device {device}")
 
     def save_last(epoch: int) -> None:
-        save_checkpoint(out_dir / "last.pt", spec, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        epoch=epoch, best=best, config=config.to_dict())
+        save_checkpoint(out_dir / "last.pt", spec, model, inputs=inputs, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), epoch=epoch, best=best, config=config.to_dict())
 
     epoch = start_epoch
     try:
@@ -272,11 +316,11 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
             score = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else train_loss
             if score < best:
                 best = score
-                save_checkpoint(out_dir / "best.pt", spec, model, epoch=epoch + 1, metrics=metrics)
+                save_checkpoint(out_dir / "best.pt", spec, model, inputs=inputs, epoch=epoch + 1, metrics=metrics)
             save_last(epoch + 1)
-            with open(out_dir / "metrics.jsonl", "w") as handle:
-                handle.writelines(json.dumps(h) + "\n" for h in history)
-            _plot_losses(history, out_dir / "loss.png")
+            write_bytes_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history),
+                               overwrite=True, inputs=inputs)
+            _plot_losses(history, out_dir / "loss.png", inputs)
             log(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.5f}, val loss {metrics['val_loss']:.5f}, "
                 f"val RMSE {metrics['val_rmse']:.3f} px(96), val NME {metrics.get('val_nme', float('nan')):.2f} %, {metrics['seconds']:.0f} s")
     except KeyboardInterrupt:
