@@ -56,8 +56,8 @@ class ModelSpec:
         if len(set(keypoints)) != len(keypoints) or not set(KAGGLE_POINTS) <= set(keypoints):
             raise WeightsError("checkpoint spec: keypoints must be distinct and include the 15 Kaggle points")
         input_size = _number(data["input_size"], "input_size", integer=True)
-        if input_size > 4096:
-            raise WeightsError(f"checkpoint spec: input_size {int(input_size)} is not a face crop size (at most 4096)")
+        if not 16 <= input_size <= 4096:
+            raise WeightsError(f"checkpoint spec: input_size {int(input_size)} is not a face crop size (16..4096 px)")
         if not isinstance(framing, dict) or set(framing) - {"scale", "shift"}:
             raise WeightsError(f"checkpoint spec: framing must be {{'scale': ..., 'shift': ...}}, not {framing!r}")
         scale = _number(framing.get("scale", Framing.scale), "framing scale")

@@ -102,8 +102,10 @@ def predict(
         shard_spec = parse_shard(shard) if shard else None
         if engine not in ("local", "ray"):
             raise FkpError(f"--engine must be local or ray, not {engine!r}")
+        _check_engine_options(engine, annotate=annotate, resume=resume, shard=shard, strict=strict, overwrite=overwrite,
+                              workers=workers, ray_address=ray_address, num_gpus=num_gpus, concurrency=concurrency)
         if engine == "ray":
-            _predict_with_ray(request, options, weights, device, ray_address, num_gpus, concurrency, quiet)
+            _predict_with_ray(request, options, weights, device, runtime, ray_address, num_gpus, concurrency, quiet)
             return
         predictor = Predictor.load(weights, device, runtime)
         progress = _progress(quiet)
@@ -121,18 +123,42 @@ def predict(
         err.print(f"warning: {warning}", highlight=False)
     if not quiet:
         err.print(summary.line(), highlight=False)
+    if shard_spec is not None and out != "-":
+        with _clean_errors():
+            from .shard import record_shard
+
+            record_shard(Path(out), *shard_spec)
+    if summary.images and summary.errors == summary.images:  # nothing usable: a broken install, not bad photos
+        err.print(f"[red]error:[/red] every image failed ({summary.errors}); the error column says why", highlight=False)
+        raise typer.Exit(1)
     if strict and summary.errors:
         raise typer.Exit(1)
 
 
-def _predict_with_ray(request, options, weights, device, address, num_gpus, concurrency, quiet) -> None:
+def _check_engine_options(engine: str, **given) -> None:
+    """Options one engine does not implement are refused (exit 2), never silently ignored."""
+    if engine == "ray":
+        unsupported = {"--annotate": given["annotate"] is not None, "--resume": given["resume"],
+                       "--shard": given["shard"] is not None, "--strict": given["strict"],
+                       "--overwrite": given["overwrite"], "--workers": given["workers"] is not None}
+        hint = "; Ray writes a new folder of shards, decodes in Ray tasks, and its rows carry each file's status"
+    else:
+        unsupported = {"--ray-address": given["ray_address"] is not None, "--num-gpus": given["num_gpus"] != 0,
+                       "--concurrency": given["concurrency"] != 1}
+        hint = " (they apply to --engine ray)"
+    refused = [name for name, used in unsupported.items() if used]
+    if refused:
+        raise FkpError(f"--engine {engine} does not support {', '.join(refused)}{hint}")
+
+
+def _predict_with_ray(request, options, weights, device, runtime, address, num_gpus, concurrency, quiet) -> None:
     from .ray_engine import run_ray
 
     if request.out == "-":
         raise FkpError("--engine ray writes shards into a folder: give -o DIR")
     count = run_ray(list(request.paths), Path(request.out), weights=weights, options=options, fmt=request.fmt or "csv",
                     points=request.points, recursive=request.recursive, from_list=request.from_list, address=address,
-                    num_gpus=num_gpus, concurrency=concurrency, device=device)
+                    num_gpus=num_gpus, concurrency=concurrency, device=device, runtime=runtime)
     if not quiet:
         err.print(f"{count} input files processed by Ray; shards in {request.out}", highlight=False)
 
@@ -263,17 +289,25 @@ def merge(
     out: Annotated[Path, typer.Option("--out", "-o", help="Merged output file.")],
     check: Annotated[Optional[list[Path]], typer.Option(help="The run's inputs: report images missing from the shards.")] = None,
     recursive: Annotated[bool, typer.Option(help="Walk --check folders recursively.")] = True,
+    shards: Annotated[Optional[int], typer.Option(min=1, help="The run's shard count N for --check (default: recorded by predict --shard in OUTPUT.shard.json).")] = None,
 ):
     """Combine shard outputs; refuse doubled images; with --check, list incomplete shards."""
     from .discover import discover
-    from .shard import merge_outputs
+    from .shard import expected_outputs, merge_outputs, recorded_shards
 
     with _clean_errors():
-        expected = [f.name for f in discover(check, recursive=recursive).files] if check else None
-        report = merge_outputs(outputs, out, expected)
+        expected = expected_outputs(discover(check, recursive=recursive).files) if check else None
+        recorded = recorded_shards(outputs) if check else None
+        if shards and recorded and shards != recorded:
+            raise FkpError(f"--shards {shards}, but the outputs record {recorded} shards")
+        count = shards or recorded
+        report = merge_outputs(outputs, out, expected, count)
+        if report["missing"] and count is None:
+            raise FkpError(f"{len(report['missing'])} images not in any shard output (e.g. {report['missing'][0]}), and "
+                           "the shard count is not recorded (no OUTPUT.shard.json); pass --shards N to name the shards")
     err.print(f"merged {report['images']} images ({report['rows']} rows) into {out}", highlight=False)
     if report["missing"]:
-        shards = ", ".join(f"shard {k}/{len(outputs)}: {n} missing" for k, n in report["incomplete_shards"].items())
+        shards = ", ".join(f"shard {k}/{count}: {n} missing" for k, n in report["incomplete_shards"].items())
         err.print(f"[yellow]incomplete:[/yellow] {len(report['missing'])} images not in any shard output ({shards}); rerun those shards with --resume", highlight=False)
         raise typer.Exit(1)
 

@@ -1,4 +1,8 @@
-"""Splitting one run over a job array (``--shard K/N``) and merging the shard outputs back."""
+"""Splitting one run over a job array (``--shard K/N``) and merging the shard outputs back.
+
+Each ``predict --shard K/N -o FILE`` records its place in ``FILE.shard.json`` (``{"shard": K,
+"shards": N}``) beside the output, so ``merge --check`` knows how many shards the run had from the
+shards themselves, even when whole shard outputs are missing (a job that never ran)."""
 
 from __future__ import annotations
 
@@ -44,9 +48,69 @@ def _read_output(path: Path) -> tuple[list[str] | None, list, str]:
     return (rows[0] if rows else None), rows[1:], "csv"
 
 
-def merge_outputs(inputs: list[Path], out: Path, expected: list[str] | None = None) -> dict:
+def record_path(output: Path) -> Path:
+    """Where ``predict --shard K/N -o output`` records K and N."""
+    return output.with_name(output.name + ".shard.json")
+
+
+def record_shard(output: Path, index: int, count: int) -> None:
+    """Write (atomically) the shard record beside a shard's output."""
+    from .fileio import write_bytes_atomic
+
+    write_bytes_atomic(record_path(output), json.dumps({"shard": index, "shards": count}) + "\n", overwrite=True,
+                       inputs=[output])
+
+
+def recorded_shards(outputs: list[Path]) -> int | None:
+    """The shard count N recorded beside the outputs (None if none has a record); outputs of runs
+    with different N, or two outputs of the same shard, are refused."""
+    counts: dict[int, Path] = {}
+    indexes: dict[int, Path] = {}
+    for output in outputs:
+        path = record_path(output)
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            index, count = int(record["shard"]), int(record["shards"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UsageError(f"{path}: damaged shard record; pass --shards N") from None
+        if index in indexes:
+            raise UsageError(f"{output} and {indexes[index]} are both shard {index}")
+        indexes[index] = output
+        counts.setdefault(count, output)
+    if len(counts) > 1:
+        (n1, a), (n2, b) = list(counts.items())[:2]
+        raise UsageError(f"{a} is one of {n1} shards but {b} one of {n2}: outputs of different runs")
+    return next(iter(counts), None)
+
+
+def expected_outputs(files: list[InputFile]) -> list[str]:
+    """The names a complete run writes rows for: not the FIFOs and other files predict never
+    opens, and not the files found in a folder walk that predict skips as not images (checked
+    by content, as predict does)."""
+    from PIL import Image, UnidentifiedImageError
+
+    names = []
+    for item in files:
+        if item.skip_reason:
+            continue
+        if item.skip_if_not_image and not item.error:
+            try:
+                with Image.open(item.path):
+                    pass
+            except UnidentifiedImageError:
+                continue
+            except OSError:
+                pass  # unreadable: predict writes an error row for it
+        names.append(item.name)
+    return names
+
+
+def merge_outputs(inputs: list[Path], out: Path, expected: list[str] | None = None, shards: int | None = None) -> dict:
     """Concatenate shard outputs sorted by image; refuse doubled images; with ``expected`` (all
-    input names), report the missing ones by the shard that should have held them."""
+    input names), report the missing ones by the shard (of ``shards``; default: one per input)
+    that should have held them."""
     header, records, fmt = None, [], None
     for path in inputs:
         if not path.is_file():
@@ -78,5 +142,5 @@ def merge_outputs(inputs: list[Path], out: Path, expected: list[str] | None = No
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for _, r in records)
     tmp.replace(out)
     missing = sorted(set(expected) - set(owners)) if expected is not None else []
-    incomplete = Counter(shard_of(name, len(inputs)) for name in missing)
+    incomplete = Counter(shard_of(name, shards or len(inputs)) for name in missing)
     return {"images": len(owners), "rows": len(records), "missing": missing, "incomplete_shards": dict(sorted(incomplete.items()))}
