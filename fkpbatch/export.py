@@ -57,7 +57,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, target: Path | io.BytesIO, *,
     was_training = model.training
     dummy = torch.zeros(2, 1, spec.input_size, spec.input_size, dtype=torch.uint8)
     try:
-        with torch.no_grad(), warnings.catch_warnings(), _fixed_pools(model, graph, dummy), _quiet_stderr():
+        with torch.no_grad(), warnings.catch_warnings(), _fixed_pools(model, graph, dummy), _quiet_output():
             warnings.simplefilter("ignore")
             outputs = ["keypoints", "quality"][: len(graph(dummy))]
             torch.onnx.export(graph, (dummy,), target, input_names=["images"], output_names=outputs, opset_version=OPSET,
@@ -102,23 +102,31 @@ def _fixed_pools(model: nn.Module, graph: nn.Module, dummy: torch.Tensor):
 
 
 @contextmanager
-def _quiet_stderr():
-    """The TorchScript exporter prints whole graphs ("Torch IR graph ...", hundreds of lines) to
-    the process's stderr when it fails; keep them off the user's terminal (fd 2 is redirected)."""
-    try:
-        fd = os.dup(2)
-    except OSError:
-        yield
-        return
+def _quiet_output():
+    """The TorchScript exporter prints whole graphs ("Torch IR graph at exception", hundreds of
+    lines) from C++ to the process's stdout when it fails, which would corrupt CSV on stdout; its
+    output goes to a scratch file instead (file descriptors 1 and 2 are redirected meanwhile)."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    saved = []
     try:
         with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(fd, 2)
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(sink.fileno(), fd)
+                except OSError:
+                    pass
+            yield
     finally:
-        os.close(fd)
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def cache_dir() -> Path:

@@ -401,17 +401,19 @@ TRAIN_STEPS = textwrap.dedent("""
     import sys, torch
     from fkpbatch.models import create_model
     from fkpbatch.train import masked_loss
-    arch, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    arch, steps = sys.argv[1], int(sys.argv[2])
     torch.manual_seed(0)
     model = create_model(arch, num_keypoints=15).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(steps):
-        images = torch.rand(batch, 1, 64, 64).contiguous(memory_format=torch.channels_last)
-        loss = masked_loss(model(images)["keypoints"].float(), torch.rand(batch, 15, 2), "l1")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert torch.isfinite(loss)
+    for batch in (3, 5):
+        print(f"batch {batch}", file=sys.stderr, flush=True)
+        for _ in range(steps):
+            images = torch.rand(batch, 1, 64, 64).contiguous(memory_format=torch.channels_last)
+            loss = masked_loss(model(images)["keypoints"].float(), torch.rand(batch, 15, 2), "l1")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert torch.isfinite(loss)
 """)
 
 
@@ -421,19 +423,20 @@ def _architectures():
     return list_models()
 
 
-@pytest.mark.parametrize("batch", [3, 5])
 @pytest.mark.parametrize("arch", _architectures())
-def test_every_architecture_trains_channels_last_without_a_native_crash(arch, batch):
+def test_every_architecture_trains_channels_last_without_a_native_crash(arch):
+    """In a subprocess, so a native crash (the strided 1x1 conv backward on AVX-512) fails the test
+    instead of killing pytest; batch sizes 3 and 5 as train.py runs them (channels-last)."""
     steps = 1 if arch == "seed" else 2
-    result = subprocess.run([PY, "-c", TRAIN_STEPS, arch, str(batch), str(steps)], cwd=REPO, env=ENV,
+    result = subprocess.run([PY, "-c", TRAIN_STEPS, arch, str(steps)], cwd=REPO, env=ENV,
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{arch} at batch {batch}: exit {result.returncode}\n{result.stderr[-2000:]}"
+    assert result.returncode == 0, f"{arch}: exit {result.returncode}\n{result.stderr[-2000:]}"
 
 
 # --- 13. the seed network's ONNX fallback is quiet -----------------------------------------------------
 
 def test_predict_with_a_seed_checkpoint_prints_no_exporter_graph(tmp_path):
-    spec = ModelSpec("seed", KAGGLE_POINTS, 64, Framing())
+    spec = ModelSpec("seed", KAGGLE_POINTS, 96, Framing())
     torch.manual_seed(0)
     weights = tmp_path / "seed.pt"
     save_checkpoint(weights, spec, spec.build())
@@ -443,6 +446,22 @@ def test_predict_with_a_seed_checkpoint_prints_no_exporter_graph(tmp_path):
                              "--detect", "never", "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Torch IR" not in result.stderr and "graph(" not in result.stderr and "aten::" not in result.stderr
+    for text in (result.stdout, result.stderr):
+        assert "Torch IR" not in text and "aten::" not in text, text[:2000]
+    assert len(result.stdout.splitlines()) == 3 and len(pd.read_csv(io.StringIO(result.stdout))) == 2
     assert len(result.stderr.splitlines()) <= 3, result.stderr[:2000]
-    assert len(pd.read_csv(io.StringIO(result.stdout))) == 2
+
+
+def test_a_failing_onnx_export_falls_back_quietly(capfd, tmp_path, monkeypatch):
+    from contextlib import nullcontext
+
+    from fkpbatch import export
+    from fkpbatch.engine import Predictor
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(export, "_fixed_pools", lambda *args: nullcontext())  # the seed net unexportable again
+    spec = ModelSpec("seed", KAGGLE_POINTS, 96, Framing())
+    predictor = Predictor(spec.build().eval(), spec, torch.device("cpu"), "auto")
+    assert predictor.onnx is None  # fell back to PyTorch
+    out, err = capfd.readouterr()
+    assert "Torch IR" not in out + err and "aten::" not in out + err and len((out + err).splitlines()) < 5
