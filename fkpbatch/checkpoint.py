@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import FkpError, WeightsError
+from .errors import FkpError, OutputError, WeightsError
 from .fileio import atomic_write
 from .keypoints import KAGGLE_POINTS
 from .models import create_model
@@ -76,7 +76,10 @@ def save_checkpoint(path: Path, spec: ModelSpec, model: nn.Module, *, overwrite:
     the training data or the --init weights) are never replaced."""
     payload = {"format": FORMAT, "spec": spec.to_dict(), "model": model.state_dict(), **extra}
     with atomic_write(Path(path), overwrite=overwrite, inputs=inputs) as handle:
-        torch.save(payload, handle)
+        try:
+            torch.save(payload, handle)
+        except RuntimeError as exc:  # torch's writer reports a full disk as a RuntimeError
+            raise OutputError(f"cannot write {path}: {str(exc).splitlines()[0][:160]}") from None
 
 
 def _number(value, key: str, *, integer: bool = False, positive: bool = True) -> float:

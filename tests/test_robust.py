@@ -253,6 +253,18 @@ def test_environment_errors_are_one_line(tmp_path, tiny_weights):
     one_line_error(cli("evaluate", data, "-w", tiny_weights, "--json", tmp_path / "missing" / "e.json"))
 
 
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_temporary_file(tiny_run, tmp_path, monkeypatch):
+    data, _ = tiny_run
+
+    def full_disk(*_args, **_kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    run = tmp_path / "run"
+    line = one_line_error(runner.invoke(app, ["train", str(data), *TRAIN, "-o", str(run)]))
+    assert "cannot write" in line and not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
 def test_empty_csvs_are_one_line(tmp_path, tiny_weights):
     empty = tmp_path / "empty.csv"
     empty.write_text("")
