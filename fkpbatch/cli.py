@@ -15,7 +15,7 @@ from rich.table import Table
 from . import __version__, interrupts
 from .errors import FkpError
 from .options import Augment, Detect, Device, Engine, Faces, Format, Model, Points, PredictOptions, Recipe, Runtime
-from .zoo import DEFAULT_MODEL, SHIPPED_MODELS
+from .zoo import DEFAULT_MODEL, SHIPPED_MODELS, resolve_weights
 
 app = typer.Typer(
     help="Facial keypoints for large batches of face images: predict, train, evaluate.",
@@ -59,6 +59,10 @@ def _clean_errors():
     except FkpError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # the environment: a missing folder, a read-only or full disk, a closed pipe
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/red] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _version(value: bool):
@@ -120,7 +124,6 @@ def predict(
     from .engine import Predictor
     from .progress import progress_for
     from .shard import parse_shard
-    from .zoo import resolve_weights
 
     with _clean_errors():
         request = BatchRequest(paths=tuple(paths or ()), out=out, fmt=fmt, points=points, recursive=recursive,
@@ -131,8 +134,10 @@ def predict(
                                  **({} if workers is None else {"workers": workers}))
         shard_spec = parse_shard(shard) if shard else None
         weights = resolve_weights(weights, model)
+        _check_engine_options(engine, annotate=annotate, resume=resume, shard=shard, strict=strict, overwrite=overwrite,
+                              workers=workers, ray_address=ray_address, num_gpus=num_gpus, concurrency=concurrency)
         if engine == Engine.ray:
-            _predict_with_ray(request, options, weights, device, ray_address, num_gpus, concurrency, quiet)
+            _predict_with_ray(request, options, weights, device, runtime, ray_address, num_gpus, concurrency, quiet)
             return
         try:
             with interrupts.handled():  # Ctrl-C and SIGTERM stop between whole batches
@@ -158,6 +163,9 @@ def predict(
         if len(shown) < len(summary.warnings):
             _say(f"... and {len(summary.warnings) - len(shown)} more warnings (-v shows all)")
         _say(summary.line())
+    if summary.images and summary.errors == summary.images:  # nothing usable: a broken install, not bad photos
+        err.print(f"[red]error:[/red] every image failed ({summary.errors}); the error column says why", highlight=False)
+        raise typer.Exit(1)
     if strict and summary.errors:
         raise typer.Exit(1)
 
@@ -174,14 +182,30 @@ def _interrupted_hint(what: str, out: str, fmt: str | None) -> None:
               f"(and without --overwrite): fkpbatch predict ... -o {shlex.quote(out)} --resume", highlight=False)
 
 
-def _predict_with_ray(request, options, weights, device, address, num_gpus, concurrency, quiet) -> None:
+def _check_engine_options(engine: str, **given) -> None:
+    """Options one engine does not implement are refused (exit 2), never silently ignored."""
+    if engine == "ray":
+        unsupported = {"--annotate": given["annotate"] is not None, "--resume": given["resume"],
+                       "--shard": given["shard"] is not None, "--strict": given["strict"],
+                       "--overwrite": given["overwrite"], "--workers": given["workers"] is not None}
+        hint = "; Ray writes a new folder of shards, decodes in Ray tasks, and its rows carry each file's status"
+    else:
+        unsupported = {"--ray-address": given["ray_address"] is not None, "--num-gpus": given["num_gpus"] != 0,
+                       "--concurrency": given["concurrency"] != 1}
+        hint = " (they apply to --engine ray)"
+    refused = [name for name, used in unsupported.items() if used]
+    if refused:
+        raise FkpError(f"--engine {engine} does not support {', '.join(refused)}{hint}")
+
+
+def _predict_with_ray(request, options, weights, device, runtime, address, num_gpus, concurrency, quiet) -> None:
     from .ray_engine import run_ray
 
     if request.out == "-":
         raise FkpError("--engine ray writes shards into a folder: give -o DIR")
     count = run_ray(list(request.paths), Path(request.out), weights=weights, options=options, fmt=request.fmt or "csv",
                     points=request.points, recursive=request.recursive, from_list=request.from_list, address=address,
-                    num_gpus=num_gpus, concurrency=concurrency, device=str(device))
+                    num_gpus=num_gpus, concurrency=concurrency, device=str(device), runtime=str(runtime))
     if not quiet:
         err.print(f"{count} input files processed by Ray; shards in {request.out}", highlight=False)
 
@@ -212,6 +236,7 @@ def train(
     device: DeviceOption = Device.auto,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers.")] = 2,
     strict: Annotated[bool, typer.Option(help="Missing image files are an error, not a warning.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start a new run in an --out folder that holds one (its files are replaced).")] = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ):
@@ -236,7 +261,7 @@ def train(
                     device=device.value, workers=workers, strict=strict,
                 )
                 run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-                best = run_training(config, run_dir, **common)
+                best = run_training(config, run_dir, overwrite=overwrite, **common)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
     log(f"best weights: {best}")
@@ -252,13 +277,19 @@ def evaluate(
     device: DeviceOption = Device.auto,
     workers: WorkersOption = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --json file.")] = False,
 ):
     """RMSE (Kaggle 96-pixel units), NME (% of outer-eye-corner distance), failure rate, per keypoint."""
     from .engine import Predictor
     from .evaluate import evaluate_checkpoint
+    from .fileio import check_target, write_bytes_atomic
 
     with _clean_errors():
-        predictor = Predictor.load(weights, device, model=model)
+        weights = resolve_weights(weights, model)
+        inputs = [*data, weights, *([holdout / "config.json"] if holdout else [])]
+        if json_out:
+            check_target(json_out, overwrite=overwrite, inputs=inputs)  # before minutes of work
+        predictor = Predictor.load(weights, device)
         options = PredictOptions(detect=detect, **({} if workers is None else {"workers": workers}))
         reports = [evaluate_checkpoint(predictor, path, holdout=holdout, options=options) for path in data]
     console = Console()
@@ -278,7 +309,9 @@ def evaluate(
             console.print(f"68 iBUG points: NME {figures['nme_percent']:.2f} % (outer eye corners)  "
                           f"failures {figures['failure_percent']:.2f} %", highlight=False)
     if json_out:
-        json_out.write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n")
+        with _clean_errors():
+            write_bytes_atomic(json_out, json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n",
+                               overwrite=overwrite, inputs=inputs)
 
 
 @app.command()
@@ -289,13 +322,16 @@ def submission(
     model: ModelOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = Device.auto,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ):
     """Write a Kaggle submission (RowId,Location), coordinates clipped to [0, 96]."""
     from .engine import Predictor
     from .evaluate import write_submission
 
     with _clean_errors():
-        rows = write_submission(Predictor.load(weights, device, model=model), test_csv, lookup, out)
+        weights = resolve_weights(weights, model)
+        rows = write_submission(Predictor.load(weights, device), test_csv, lookup, out, overwrite=overwrite,
+                                inputs=[test_csv, lookup, weights])
     err.print(f"wrote {rows} rows to {out}", highlight=False)
 
 
@@ -306,20 +342,28 @@ def merge(
     check: Annotated[Optional[list[Path]], typer.Option(help="The run's inputs: report images missing from the shards.")] = None,
     recursive: Annotated[bool, typer.Option(help="Walk --check folders recursively.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing -o file (never one of the shard outputs).")] = False,
+    shards: Annotated[Optional[int], typer.Option(min=1, help="The run's shard count N for --check (default: as predict --shard recorded it in each output's sidecar).")] = None,
 ):
     """Combine shard outputs; refuse doubled images; with --check, list incomplete shards."""
     from .discover import discover
-    from .shard import merge_outputs
+    from .shard import expected_outputs, merge_outputs, recorded_shards
 
     with _clean_errors():
-        expected = [f.name for f in discover(check, recursive=recursive).files] if check else None
-        report = merge_outputs(outputs, out, expected, overwrite=overwrite)
+        expected = expected_outputs(discover(check, recursive=recursive).files) if check else None
+        recorded = recorded_shards(outputs) if check else None
+        if shards and recorded and shards != recorded:
+            raise FkpError(f"--shards {shards}, but the outputs record {recorded} shards")
+        count = shards or recorded
+        report = merge_outputs(outputs, out, expected, overwrite=overwrite, shards=count)
+        if report["missing"] and count is None:
+            raise FkpError(f"{len(report['missing'])} images not in any shard output (e.g. {report['missing'][0]}), and "
+                           "the outputs do not record the shard count (no --shard in their sidecars); pass --shards N")
     err.print(f"merged {report['images']} images ({report['rows']} rows) into {out}", highlight=False)
     for shard_out, image in report["dropped"]:
         err.print(f"[yellow]warning:[/yellow] {shard_out}: its run did not end cleanly; its last image {image} may "
                   "lack faces and was left out (rerun that shard with --resume, then merge again)", highlight=False)
     if report["missing"]:
-        shards = ", ".join(f"shard {k}/{len(outputs)}: {n} missing" for k, n in report["incomplete_shards"].items())
+        shards = ", ".join(f"shard {k}/{count}: {n} missing" for k, n in report["incomplete_shards"].items())
         err.print(f"[yellow]incomplete:[/yellow] {len(report['missing'])} images not in any shard output ({shards}); rerun those shards with --resume", highlight=False)
         raise typer.Exit(1)
 
@@ -329,15 +373,16 @@ def export(
     onnx: Annotated[Path, typer.Option(help="ONNX file to write (input: uint8 crops N x 1 x S x S; outputs: keypoints in crop units, quality).")],
     model: ModelOption = None,
     weights: WeightsOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing ONNX file.")] = False,
 ):
     """Export a keypoint model to ONNX, for other runtimes."""
     from .checkpoint import load_model
     from .export import export_onnx
-    from .zoo import resolve_weights
 
     with _clean_errors():
-        network, spec = load_model(resolve_weights(weights, model))
-        export_onnx(network, spec, onnx)
+        weights = resolve_weights(weights, model)
+        network, spec = load_model(weights)
+        export_onnx(network, spec, onnx, overwrite=overwrite, inputs=[weights])
     err.print(f"wrote {onnx} ({spec.arch}, {len(spec.keypoints)} keypoints, input {spec.input_size}x{spec.input_size} uint8)", highlight=False)
 
 

@@ -38,13 +38,14 @@ class FaceTable:
 
 def is_kaggle_csv(path: Path) -> bool:
     """Kaggle format is recognised by its ``Image`` column."""
-    header = pd.read_csv(path, nrows=0).columns
-    return "Image" in header
+    return "Image" in _read_csv(path, nrows=0).columns
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path, **options) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, keep_default_na=True)
+        return pd.read_csv(path, keep_default_na=True, **options)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty (a CSV needs a header line and rows)") from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read as CSV ({exc})") from None
 

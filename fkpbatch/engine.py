@@ -61,6 +61,9 @@ class FaceCropper:
     def __call__(self, item: InputFile | InMemoryImage) -> CropRecord:
         """The image's :class:`CropRecord`: status, size, boxes, scores and the (F, 1, S, S) uint8 crops."""
         record = CropRecord(crops=self._no_crops())
+        if isinstance(item, InputFile) and not item.usable:  # decided at discovery: never opened (FIFOs block)
+            record.status, record.error = ("error", item.error) if item.error else ("skipped", item.skip_reason)
+            return record
         try:
             image = load_item(item, self.options.max_pixels)
             record.width, record.height = image.width, image.height

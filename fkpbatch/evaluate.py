@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .datasets import KAGGLE_SIZE, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
+from .datasets import KAGGLE_SIZE, _read_csv, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
 from .discover import InputFile
 from .engine import Predictor, PredictOptions
 from .errors import DataError, UsageError
+from .fileio import atomic_write, check_target
 from .keypoints import IBUG_POINTS, KAGGLE_POINTS, coordinate_columns
 from .metrics import summarize
 from .transforms import FRAMING_POINTS, Framing, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
@@ -89,6 +90,8 @@ def evaluate_checkpoint(
         pred, quality, missed = _match_faces(results, labels, names)
         framing_index = [names.index(n) for n in FRAMING_POINTS]
         scale = np.array([box_from_points(label[framing_index], KAGGLE_FRAMING).size / KAGGLE_SIZE for label in labels])
+    if not len(rows):
+        raise DataError(f"{data}: no labelled images to evaluate" + (f" held out by {holdout}" if holdout else ""))
     found = np.isfinite(pred).all(axis=(1, 2))
 
     def figures(points: list[str] | tuple[str, ...]) -> dict:
@@ -121,15 +124,25 @@ def _holdout_rows(image_names: list[str], run_dir: Path | None) -> np.ndarray:
     config_path = run_dir / "config.json"
     if not config_path.exists():
         raise UsageError(f"--holdout {run_dir}: no config.json (is it a training run folder?)")
-    config = json.loads(config_path.read_text())
-    mask = split_by_group(image_names, config["val_split"], config["group_by"], config["seed"])
+    try:
+        config = json.loads(config_path.read_text())
+        mask = split_by_group(image_names, config["val_split"], config["group_by"], config["seed"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--holdout {run_dir}: config.json is damaged ({type(exc).__name__}: {exc})") from None
     return np.flatnonzero(mask)
 
 
-def write_submission(predictor: Predictor, test_csv: Path, lookup_csv: Path, out: Path) -> int:
-    """Kaggle's ``RowId,Location`` for every row of the lookup table, clipped to [0, 96]."""
+def write_submission(predictor: Predictor, test_csv: Path, lookup_csv: Path, out: Path, *, overwrite: bool = False,
+                     inputs=()) -> int:
+    """Kaggle's ``RowId,Location`` for every row of the lookup table, clipped to [0, 96]. ``out`` is
+    written atomically; it must not exist (unless ``overwrite``) nor be the test CSV, the lookup
+    table or one of ``inputs``."""
+    inputs = [test_csv, lookup_csv, *inputs]
+    check_target(out, overwrite=overwrite, inputs=inputs)
     table = load_kaggle_csv(test_csv, with_labels=False)
-    lookup = pd.read_csv(lookup_csv)
+    if not table.names:
+        raise DataError(f"{test_csv}: no images (the CSV has no rows)")
+    lookup = _read_csv(lookup_csv)
     missing = {"RowId", "ImageId", "FeatureName"} - set(lookup.columns)
     if missing:
         raise DataError(f"{lookup_csv}: missing columns {', '.join(sorted(missing))}")
@@ -143,5 +156,6 @@ def write_submission(predictor: Predictor, test_csv: Path, lookup_csv: Path, out
             raise DataError(f"{lookup_csv}, line {line}: unknown ImageId {image_id} or FeatureName {feature}")
         locations.append(pred[position[str(image_id)], names.index(point), "xy".index(axis)])
     frame = pd.DataFrame({"RowId": lookup["RowId"], "Location": np.clip(locations, 0, KAGGLE_SIZE)})
-    frame.to_csv(out, index=False)
+    with atomic_write(out, overwrite=overwrite, inputs=inputs, mode="w") as handle:
+        frame.to_csv(handle, index=False)
     return len(frame)

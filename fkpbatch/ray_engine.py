@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import ModelSpec, load_checkpoint
+from .checkpoint import ModelSpec, load_model
 from .discover import InputFile, discover
-from .engine import DEFAULT_WEIGHTS, FaceCropper, Predictor, PredictOptions
+from .engine import DEFAULT_WEIGHTS, RUNTIMES, FaceCropper, Predictor, PredictOptions
 from .errors import UsageError
 from .results import CropRecord
+from .keypoints import IBUG_POINTS
 from .transforms import Box
 from .writers import RowLayout
 
@@ -29,7 +30,8 @@ RAY_FORMATS = ("csv", "jsonl", "parquet")
 
 
 def _item(row: dict) -> InputFile:
-    return InputFile(Path(os.fsdecode(row["path"])), row["name"], bool(row["skip"]), row["relative"])
+    return InputFile(Path(os.fsdecode(row["path"])), row["name"], bool(row["skip"]), row["relative"],
+                     error=row.get("error") or "", skip_reason=row.get("skip_reason") or "")
 
 
 @lru_cache(maxsize=4)
@@ -52,8 +54,8 @@ def _crop(row: dict, spec_json: str, options: PredictOptions) -> dict:
 class _KeypointActor:
     """Ray actor: loads the model once, turns a batch of cropped records into output rows."""
 
-    def __init__(self, weights: str, device: str, points: str):
-        self.predictor = Predictor.load(weights, device)
+    def __init__(self, weights: str, device: str, points: str, runtime: str = "auto"):
+        self.predictor = Predictor.load(weights, device, runtime)
         self.layout = RowLayout(self.predictor.spec.keypoints, points)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -88,6 +90,7 @@ def run_ray(
     num_gpus: float = 0.0,
     concurrency: int = 1,
     device: str = "auto",
+    runtime: str = "auto",
 ) -> int:
     """Run predict on a Ray cluster (``address``; None = a local instance); returns the image count."""
     try:
@@ -100,17 +103,26 @@ def run_ray(
         raise UsageError(f"{out_dir} is not empty; Ray writes its shards into a new or empty folder")
     options = options or PredictOptions()
     weights = Path(weights or DEFAULT_WEIGHTS)
-    spec = load_checkpoint(weights)["spec"]
+    if runtime not in RUNTIMES:
+        raise UsageError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if runtime == "onnxruntime" and (num_gpus or device not in ("auto", "cpu")):
+        raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu and no --num-gpus")
+    _, model_spec = load_model(weights)  # checked here, once: the actors would each fail alike
+    if points == "68" and not set(IBUG_POINTS) <= set(model_spec.keypoints):
+        raise UsageError("--points 68: these weights predict the 15 Kaggle points only")
+    spec = model_spec.to_dict()
     files = discover(list(paths), recursive=recursive, from_list=from_list).files
     if not files:
         return 0
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
-    rows = [{"path": os.fsencode(f.path), "name": f.name, "skip": f.skip_if_not_image, "relative": f.relative} for f in files]
+    rows = [{"path": os.fsencode(f.path), "name": f.name, "skip": f.skip_if_not_image, "relative": f.relative,
+             "error": f.error, "skip_reason": f.skip_reason} for f in files]
     dataset = ray.data.from_items(rows).map(_crop, fn_kwargs={"spec_json": json.dumps(spec), "options": options})
     dataset = dataset.map_batches(
         _KeypointActor,
-        fn_constructor_kwargs={"weights": str(weights.resolve()), "device": "cuda" if num_gpus else device, "points": points},
+        fn_constructor_kwargs={"weights": str(weights.resolve()), "device": "cuda" if num_gpus else device, "points": points,
+                               "runtime": runtime},
         batch_size=options.batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=max(1, concurrency)), num_gpus=num_gpus,
     )
     out = str(out_dir.resolve())

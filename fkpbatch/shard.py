@@ -1,4 +1,8 @@
-"""Splitting one run over a job array (``--shard K/N``) and merging the shard outputs back."""
+"""Splitting one run over a job array (``--shard K/N``) and merging the shard outputs back.
+
+Each ``predict --shard K/N -o FILE`` records ``K/N`` among the run parameters of its sidecar
+(``FILE.fkpbatch.json``), so ``merge --check`` knows how many shards the run had from the shards
+themselves, even when whole shard outputs are missing (a job that never ran)."""
 
 from __future__ import annotations
 
@@ -71,11 +75,55 @@ def _read_output(path: Path) -> tuple[list[str] | None, list, str, dict | None, 
     return header, rows, fmt, record, dropped
 
 
-def merge_outputs(inputs: list[Path], out: Path, expected: list[str] | None = None, *, overwrite: bool = False) -> dict:
+def recorded_shards(outputs: list[Path]) -> int | None:
+    """The shard count N that ``predict --shard K/N`` recorded in the outputs' sidecars (None if
+    none records one); outputs of runs with different N, or two outputs of one shard, are refused."""
+    counts: dict[int, Path] = {}
+    indexes: dict[int, Path] = {}
+    for output in outputs:
+        record = read_sidecar(output)
+        shard = record["params"].get("shard") if record else None
+        if not shard:
+            continue
+        index, count = parse_shard(str(shard))
+        if index in indexes:
+            raise UsageError(f"{output} and {indexes[index]} are both shard {index}")
+        indexes[index] = output
+        counts.setdefault(count, output)
+    if len(counts) > 1:
+        (n1, a), (n2, b) = list(counts.items())[:2]
+        raise UsageError(f"{a} is one of {n1} shards but {b} one of {n2}: outputs of different runs")
+    return next(iter(counts), None)
+
+
+def expected_outputs(files: list[InputFile]) -> list[str]:
+    """The names a complete run writes rows for: not the FIFOs and other files predict never
+    opens, and not the files found in a folder walk that predict skips as not images (checked
+    by content, as predict does)."""
+    from PIL import Image, UnidentifiedImageError
+
+    names = []
+    for item in files:
+        if item.skip_reason:
+            continue
+        if item.skip_if_not_image and not item.error:
+            try:
+                with Image.open(item.path):
+                    pass
+            except UnidentifiedImageError:
+                continue
+            except OSError:
+                pass  # unreadable: predict writes an error row for it
+        names.append(item.name)
+    return names
+
+
+def merge_outputs(inputs: list[Path], out: Path, expected: list[str] | None = None, *, overwrite: bool = False,
+                  shards: int | None = None) -> dict:
     """Concatenate shard outputs sorted by image; refuse doubled images and shards made with other
-    options; with ``expected`` (all input names), report the missing ones by the shard that should
-    have held them. ``out`` is written whole through a temporary file: never an input, never an
-    existing file without ``overwrite``."""
+    options; with ``expected`` (all input names), report the missing ones by the shard (of
+    ``shards``; default: one per input) that should have held them. ``out`` is written whole
+    through a temporary file: never an input, never an existing file without ``overwrite``."""
     inputs = [p for p in inputs if not p.name.endswith(SIDECAR_SUFFIX)]  # read with their output
     if not inputs:
         raise UsageError("no shard outputs to merge")
@@ -84,10 +132,10 @@ def merge_outputs(inputs: list[Path], out: Path, expected: list[str] | None = No
             raise UsageError(f"{path}: no such shard output")
     check_folder(out)
     with OutputLock(out):
-        return _merge(inputs, out, expected, overwrite)
+        return _merge(inputs, out, expected, overwrite, shards)
 
 
-def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite: bool) -> dict:
+def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite: bool, shards: int | None) -> dict:
     if os.path.lexists(out) and not overwrite:
         raise OutputError(f"{out} exists; pass --overwrite to replace it")
     header, records, fmt, runs, dropped = None, [], None, [], []
@@ -128,6 +176,6 @@ def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite:
     if runs and len(runs) == len(inputs):  # the merged file is an output of the same run: --resume continues it
         write_sidecar(out, runs[0][1]["params"], runs[0][1].get("columns") or header, len(text.encode("utf-8")))
     missing = sorted(set(expected) - set(owners)) if expected is not None else []
-    incomplete = Counter(shard_of(name, len(inputs)) for name in missing)
+    incomplete = Counter(shard_of(name, shards or len(inputs)) for name in missing)
     return {"images": len(owners), "rows": len(records), "missing": missing, "incomplete_shards": dict(sorted(incomplete.items())),
             "dropped": [(str(path), image) for path, image in dropped]}

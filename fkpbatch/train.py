@@ -60,6 +60,8 @@ def build_datasets(config: TrainConfig, warn=print):
             table = load_folder_csv(path, keypoints, images_dir, strict=config.strict, warn=warn)
         if not table.names:
             raise DataError(f"{path}: no usable rows")
+        if not np.isfinite(table.points).any():
+            raise DataError(f"{path}: every keypoint label is empty; nothing to learn from (are these the unlabelled test images?)")
         is_val = split_by_group(table.names, config.val_split, config.group_by, config.seed)
         common = dict(input_size=config.input_size, framing=framing, label_offset=label_offset)
         train_parts.append(FaceDataset(table, np.flatnonzero(~is_val), augment=augment, jitter=config.jitter, **common))
@@ -234,17 +236,19 @@ def _plot_losses(history: list[dict]) -> bytes | None:
     return buffer.getvalue()
 
 
-def _write_json(path: Path, data) -> None:
-    write_bytes_atomic(path, json.dumps(data, indent=2) + "\n", overwrite=True)
+def _write_json(path: Path, data, inputs=()) -> None:
+    write_bytes_atomic(path, json.dumps(data, indent=2) + "\n", overwrite=True, inputs=inputs)
 
 
-def _write_run_files(out_dir: Path, history: list[dict]) -> None:
-    """metrics.jsonl, metrics.csv and loss.png after each epoch, each replaced whole (atomically)."""
-    write_bytes_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history), overwrite=True)
-    write_bytes_atomic(out_dir / "metrics.csv", _metrics_csv(history), overwrite=True)
+def _write_run_files(out_dir: Path, history: list[dict], inputs=()) -> None:
+    """metrics.jsonl, metrics.csv and loss.png after each epoch, each replaced whole (atomically),
+    never over one of ``inputs`` (the training data and --init weights)."""
+    write_bytes_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history), overwrite=True,
+                       inputs=inputs)
+    write_bytes_atomic(out_dir / "metrics.csv", _metrics_csv(history), overwrite=True, inputs=inputs)
     png = _plot_losses(history)
     if png is not None:
-        write_bytes_atomic(out_dir / "loss.png", png, overwrite=True)
+        write_bytes_atomic(out_dir / "loss.png", png, overwrite=True, inputs=inputs)
 
 
 def _tensorboard(out_dir: Path, log):
@@ -258,6 +262,32 @@ def _tensorboard(out_dir: Path, log):
         return None
     log(f"TensorBoard logs in {out_dir / 'tensorboard'}")
     return writer
+
+
+# What a run folder holds; a new run never writes over them unless told to (--overwrite).
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "metrics.csv", "config.json", "val_images.txt", "loss.png")
+
+
+def _read_history(path: Path, epochs: int) -> list[dict]:
+    """metrics.jsonl of the run being resumed (the loss plot's history); a damaged file is a
+    DataError naming the line, never a traceback."""
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc}); delete it to resume without the loss history") from None
+    history = []
+    for number, line in enumerate(lines[:epochs], start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not {"train_loss", "val_loss"} <= set(record):
+            raise DataError(f"{path}, line {number}: not a metrics record; fix or delete the file to resume "
+                            "(the loss history then restarts)")
+        history.append(record)
+    return history
 
 
 RECIPES = {
@@ -296,20 +326,34 @@ def build_config(data: tuple[str, ...], recipe: str | None = None, **overrides) 
 def resume_training(out_dir: Path, *, epochs: int | None = None, device: str = "auto", workers: int = 2, **kwargs) -> Path:
     """Continue the run in ``out_dir`` from last.pt with its saved config (optionally more epochs)."""
     state = load_checkpoint(out_dir / "last.pt")
-    saved = dict(state["config"], device=device, workers=workers)
-    if epochs is not None:
-        saved["epochs"] = epochs
-    return _fit(TrainConfig(**saved), out_dir, state, **kwargs)
+    try:
+        saved = dict(state["config"], device=device, workers=workers)
+        if epochs is not None:
+            saved["epochs"] = epochs
+        config = TrainConfig(**saved)
+        int(state["epoch"]), float(state["best"])
+        missing = {"model", "optimizer", "scheduler"} - set(state)
+        if missing:
+            raise KeyError(", ".join(sorted(missing)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{out_dir / 'last.pt'}: not a resumable training checkpoint ({type(exc).__name__}: {exc})") from None
+    return _fit(config, out_dir, state, **kwargs)
 
 
-def train(config: TrainConfig, out_dir: Path, *, show_progress: bool = True, log=print, verbose: bool = False) -> Path:
+def train(config: TrainConfig, out_dir: Path, *, show_progress: bool = True, log=print, verbose: bool = False,
+          overwrite: bool = False) -> Path:
     """Train per ``config`` into ``out_dir`` (best.pt, last.pt, metrics.jsonl, metrics.csv,
     config.json, loss.png, val_images.txt; tensorboard/ when TensorBoard is installed).
 
-    Ctrl-C saves last.pt at the last finished epoch and says how to resume. Returns best.pt's path.
+    A folder that already holds any of these is refused unless ``overwrite``. Ctrl-C saves last.pt
+    at the last finished epoch and says how to resume. Returns best.pt's path.
     """
-    if (out_dir / "last.pt").exists():
-        raise UsageError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; give a folder")
+    held = [name for name in RUN_FILES if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+    if held and not overwrite:
+        raise UsageError(f"{out_dir} already holds a run ({', '.join(held)}); continue it with --resume {out_dir}, "
+                         "choose another --out or pass --overwrite")
     return _fit(config, out_dir, None, show_progress=show_progress, log=log, verbose=verbose)
 
 
@@ -347,11 +391,12 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = int(state["epoch"]), float(state["best"])
-        metrics_file = out_dir / "metrics.jsonl"
-        history = [json.loads(line) for line in metrics_file.read_text().splitlines()][:start_epoch] if metrics_file.exists() else []
+        history = _read_history(out_dir / "metrics.jsonl", start_epoch)
         log(f"resuming {out_dir} at epoch {start_epoch + 1}/{config.epochs}")
-    _write_json(out_dir / "config.json", config.to_dict())
-    write_bytes_atomic(out_dir / "val_images.txt", "".join(f"{n}\n" for n in val_names), overwrite=True)
+    # Never written over: the training data and the --init weights (the run's files are its own).
+    inputs = [Path(d) for d in config.data] + ([Path(config.init)] if config.init else [])
+    _write_json(out_dir / "config.json", config.to_dict(), inputs)
+    write_bytes_atomic(out_dir / "val_images.txt", "".join(f"{n}\n" for n in val_names), overwrite=True, inputs=inputs)
     log(f"training {config.arch} on {len(train_set)} faces, validating on {len(val_set)}, device {device}")
     if verbose:
         log(f"config: {json.dumps(config.to_dict())}")
@@ -360,8 +405,8 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
     lines = LineProgress("epoch", "batches", write=log) if verbose and not show_progress else None
 
     def save_last(epoch: int) -> None:
-        save_checkpoint(out_dir / "last.pt", spec, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        epoch=epoch, best=best, config=config.to_dict())
+        save_checkpoint(out_dir / "last.pt", spec, model, inputs=inputs, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), epoch=epoch, best=best, config=config.to_dict())
 
     epoch = start_epoch
     try:
@@ -377,9 +422,9 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
             improved = score < best
             if improved:
                 best = score
-                save_checkpoint(out_dir / "best.pt", spec, model, epoch=epoch + 1, metrics=metrics)
+                save_checkpoint(out_dir / "best.pt", spec, model, inputs=inputs, epoch=epoch + 1, metrics=metrics)
             save_last(epoch + 1)
-            _write_run_files(out_dir, history)
+            _write_run_files(out_dir, history, inputs)
             if board is not None:
                 for key, value in metrics.items():
                     if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):

@@ -50,17 +50,25 @@ def test_export_writes_a_model_onnxruntime_runs(tiny_weights, tmp_path):
     assert keypoints.shape == (3, 15, 2) and quality.shape == (3,)
 
 
-def test_auto_runtime_falls_back_to_torch_when_export_fails(tmp_path):
+def test_auto_runtime_falls_back_to_torch_when_export_fails(tmp_path, monkeypatch):
+    from contextlib import nullcontext
+
+    from fkpbatch import export
     from fkpbatch.checkpoint import ModelSpec, save_checkpoint
     from fkpbatch.engine import Predictor
     from fkpbatch.errors import UsageError
     from fkpbatch.keypoints import KAGGLE_POINTS
     from fkpbatch.transforms import Framing
 
-    spec = ModelSpec("seed", KAGGLE_POINTS, 96, Framing())  # adaptive pooling: no dynamic-batch ONNX export
+    spec = ModelSpec("seed", KAGGLE_POINTS, 96, Framing())
     path = tmp_path / "seed.pt"
     save_checkpoint(path, spec, spec.build())
+    assert Predictor.load(path, "cpu", "onnxruntime").onnx is not None  # adaptive pools fixed for the export
+    # Without that fix the exporter cannot convert the seed net's adaptive pooling: PyTorch runs it.
+    monkeypatch.setattr(export, "_fixed_pools", lambda *args: nullcontext())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     predictor = Predictor.load(path, "cpu", "auto")
+    assert predictor.onnx is None
     points, quality = predictor._keypoints(torch.zeros(2, 1, 96, 96, dtype=torch.uint8))
     assert points.shape == (2, 15, 2) and quality is None
     with pytest.raises(UsageError, match="cannot be exported to ONNX"):
