@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import ModelSpec, load_model
-from .decode import DEFAULT_MAX_PIXELS, load_image
+from .decode import DEFAULT_MAX_PIXELS, load_reduced
 from .detect import DEFAULT_MIN_SCORE, FaceDetector
 from .discover import InputFile
 from .errors import DecodeError, UsageError, WeightsError
@@ -23,6 +23,7 @@ from .transforms import Box, box_from_points, crop_face, from_unit, to_uint8_ten
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "fkpnet68.pt"
 DETECT_MODES = ("auto", "always", "never")
+PASSES = ("auto", "one", "two")  # detector passes on large images: see FaceDetector.detect
 # --detect auto: a roughly square image of 32..400 px with no detected face is taken as a tight
 # face crop (Kaggle's 96x96 faces, faces15-like crops); anything else without a face is no_face.
 CROP_FALLBACK_SIDES = (32, 400)
@@ -42,10 +43,13 @@ class PredictOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int = 64
     workers: int = field(default_factory=default_workers)
+    passes: str = "auto"
 
     def __post_init__(self):
         if self.detect not in DETECT_MODES:
             raise UsageError(f"--detect must be one of {', '.join(DETECT_MODES)}, not {self.detect!r}")
+        if self.passes not in PASSES:
+            raise UsageError(f"--passes must be one of {', '.join(PASSES)}, not {self.passes!r}")
         if self.faces not in ("all", "largest"):
             raise UsageError(f"--faces must be 'all' or 'largest', not {self.faces!r}")
         if self.batch_size < 1 or self.workers < 0:
@@ -73,40 +77,71 @@ class ImageResult:
 
 class FaceCropper:
     """Decode one file, find its faces, crop them to the model's frame. Runs in DataLoader workers
-    (and in Ray tasks); the detector session is built lazily in each process."""
+    (and in Ray tasks); the detector session is built lazily in each process.
+
+    Large JPEGs are decoded at a reduced scale (:func:`load_reduced`) just big enough for the
+    detector's coarse pass; the file is decoded again, bigger, only when a second pass needs more
+    pixels or a face's crop would come out smaller than the model's input (no face is ever cropped
+    from fewer pixels than the model sees)."""
 
     def __init__(self, spec: ModelSpec, options: PredictOptions):
         self.spec, self.options = spec, options
         self.detector = FaceDetector(min_score=options.min_score) if options.detect != "never" else None
 
-    def _boxes(self, image) -> list[tuple[Box, float | None]]:
-        width, height = image.size
+    def _faces(self, image, full: tuple[int, int], path) -> tuple[object, list[tuple[Box, float | None, Box]]]:
+        """(the picture to crop from, [(box in its pixels, score, box in original pixels)])."""
+        width, height = full
         if self.detector is None:
-            return [(whole_image_box(width, height), None)]
-        found = self._detect(image)
+            box = whole_image_box(width, height)
+            return image, [(box, None, box)]
+        found, image = self._detect(image, full, path)
         if not found and max(width, height) <= CROP_FALLBACK_SIDES[1]:
-            found = self._detect(image, pad=0.25)  # a face filling the picture: give it a border
+            found = self._keep(self.detector.detect(image, pad=0.25, passes=self.options.passes), image, full)
         if not found:
-            return [(whole_image_box(width, height), None)] if self.options.detect == "auto" and looks_like_a_face_crop(width, height) else []
+            fallback = self.options.detect == "auto" and looks_like_a_face_crop(width, height)
+            return image, [(whole_image_box(*image.size), None, whole_image_box(width, height))] if fallback else []
         if self.options.faces == "largest":
             found = [max(found, key=lambda d: d.box[2] * d.box[3])]
-        return [(box_from_points(d.landmarks[_DETECTOR_TO_FRAMING], self.spec.framing), d.score) for d in found]
+        boxes = [box_from_points(d.landmarks[_DETECTOR_TO_FRAMING], self.spec.framing) for d in found]
+        sx, sy = width / image.width, height / image.height
+        if image.size != full and min(b.size for b in boxes) < self.spec.input_size:
+            image, _ = load_reduced(path, self.options.max_pixels)  # a small face: crop from full resolution
+            boxes = [_scale_box(b, sx, sy) for b in boxes]
+            return image, [(b, d.score, b) for b, d in zip(boxes, found)]
+        return image, [(b, d.score, _scale_box(b, sx, sy)) for b, d in zip(boxes, found)]
 
-    def _detect(self, image, pad: float = 0.0):
-        return [d for d in self.detector.detect(image, pad=pad) if min(d.box[2:]) >= self.options.min_face]
+    def _detect(self, image, full, path):
+        """Faces (in original pixels) and the picture they were searched in: a coarse pass, and a
+        fine pass where the detector's policy wants one, on a bigger decode if need be."""
+        detector, passes = self.detector, self.options.passes
+        found = [detector.candidates(image, detector.coarse)]
+        fine = min(detector.fine, max(full))
+        if passes == "two" and max(full) > detector.coarse or passes == "auto" and detector.wants_second_pass(found[0], full):
+            if max(image.size) < fine:
+                bigger, _ = load_reduced(path, self.options.max_pixels, fine)
+                found = [found[0].scaled(bigger.width / image.width, bigger.height / image.height)]
+                image = bigger
+            found.append(detector.candidates(image, fine))
+        return self._keep(detector.merge(found), image, full), image
+
+    def _keep(self, found, image, full):
+        """Detections of at least --min-face px (measured in original pixels), in ``image``'s pixels."""
+        sx, sy = full[0] / image.width, full[1] / image.height
+        return [d for d in found if min(d.box[2] * sx, d.box[3] * sy) >= self.options.min_face]
 
     def __call__(self, item: InputFile) -> dict:
         """A record: status, error, width, height, boxes, scores and the (F, 1, S, S) uint8 crops."""
         record = {"status": "ok", "error": "", "width": None, "height": None, "boxes": [], "scores": [], "crops": self._no_crops()}
         try:
-            image = load_image(item.path, self.options.max_pixels)
-            record.update(width=image.width, height=image.height)
-            faces = self._boxes(image)
+            side = self.detector.coarse if self.detector is not None else None
+            image, full = load_reduced(item.path, self.options.max_pixels, side)
+            record.update(width=full[0], height=full[1])
+            image, faces = self._faces(image, full, item.path)
             if not faces:
                 return {**record, "status": "no_face"}
             gray = image.convert("L")
-            crops = torch.stack([to_uint8_tensor(crop_face(gray, box, self.spec.input_size)) for box, _ in faces])
-            return {**record, "boxes": [b for b, _ in faces], "scores": [s for _, s in faces], "crops": crops}
+            crops = torch.stack([to_uint8_tensor(crop_face(gray, box, self.spec.input_size)) for box, _, _ in faces])
+            return {**record, "boxes": [b for _, _, b in faces], "scores": [s for _, s, _ in faces], "crops": crops}
         except DecodeError as exc:
             skipped = item.skip_if_not_image and str(exc).startswith("not an image")
             return {**record, "status": "skipped" if skipped else "error", "error": str(exc)}
@@ -115,6 +150,12 @@ class FaceCropper:
 
     def _no_crops(self) -> torch.Tensor:
         return torch.zeros((0, 1, self.spec.input_size, self.spec.input_size), dtype=torch.uint8)
+
+
+def _scale_box(box: Box, sx: float, sy: float) -> Box:
+    """A box in a picture decoded at reduced scale -> the same box in original pixels (continuous
+    coordinates scale exactly; the side by the mean of the two axes' factors, equal within a pixel)."""
+    return Box(box.x * sx, box.y * sy, box.size * (sx + sy) / 2)
 
 
 class ImageSource(Dataset):
