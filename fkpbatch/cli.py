@@ -71,6 +71,11 @@ def predict(
     faces: Annotated[str, typer.Option(help="all | largest (one face per image).")] = "all",
     min_score: Annotated[float, typer.Option(help="Minimum face detection score.", min=0.0, max=1.0)] = DEFAULT_MIN_SCORE,
     min_face: Annotated[int, typer.Option(help="Ignore detected faces smaller than this (box side, pixels).", min=0)] = 20,
+    passes: Annotated[str, typer.Option(help="Detector passes on large photos: auto (a 480-px pass, a finer one where small "
+                                        "faces are likely), one, two (always both).")] = "auto",
+    unsure_score: Annotated[float, typer.Option(help="A detection scored below this whose keypoint quality is under 0.2 is "
+                                                "not a face (a painting, the back of a head); 0 keeps them all.",
+                                                min=0.0, max=1.0)] = 0.86,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs) as error rows.", min=1)] = 100_000_000,
     points: Annotated[str, typer.Option(help="15 (Kaggle keypoints) | 68 (adds iBUG p0_x..p67_y columns).")] = "15",
     annotate: Annotated[Optional[Path], typer.Option(help="Write annotated copies of the images under this folder.")] = None,
@@ -94,7 +99,9 @@ def predict(
         if points not in ("15", "68"):
             raise FkpError(f"--points must be 15 or 68, not {points!r}")
         request = BatchRequest(tuple(paths or ()), out, fmt, points, recursive, from_list, annotate, overwrite, resume)
-        options = PredictOptions(detect, faces, min_score, min_face, max_pixels, batch_size, default_workers() if workers is None else workers)
+        options = PredictOptions(detect, faces, min_score, min_face, max_pixels, batch_size,
+                                 default_workers() if workers is None else workers, passes=passes,
+                                 unsure_score=unsure_score)
         shard_spec = parse_shard(shard) if shard else None
         if engine not in ("local", "ray"):
             raise FkpError(f"--engine must be local or ray, not {engine!r}")

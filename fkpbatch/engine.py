@@ -23,7 +23,12 @@ from .transforms import Box, box_from_points, crop_face, from_unit, to_uint8_ten
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "fkpnet68.pt"
 DETECT_MODES = ("auto", "always", "never")
-PASSES = ("auto", "one", "two")  # detector passes on large images: see FaceDetector.detect
+PASSES = ("auto", "one", "two")
+# Measured on the shared photos (fkpnet68.pt): clear faces have quality 0.38-0.45; real but blurred,
+# profile or cut faces 0.00-0.22 with detector scores >= 0.87; the false faces seen (the back of a
+# head, a face in a painted landscape, a camera) scored 0.83-0.86 with quality <= 0.15.
+UNSURE_SCORE = 0.86
+UNSURE_QUALITY = 0.2  # detector passes on large images: see FaceDetector.detect
 # --detect auto: a roughly square image of 32..400 px with no detected face is taken as a tight
 # face crop (Kaggle's 96x96 faces, faces15-like crops); anything else without a face is no_face.
 CROP_FALLBACK_SIDES = (32, 400)
@@ -44,6 +49,10 @@ class PredictOptions:
     batch_size: int = 64
     workers: int = field(default_factory=default_workers)
     passes: str = "auto"
+    # "Only faces become rows": a detection scored under unsure_score whose keypoints the model is unsure
+    # of (quality under unsure_quality) is not a face (README, "How images become faces").
+    unsure_score: float = UNSURE_SCORE
+    unsure_quality: float = UNSURE_QUALITY
 
     def __post_init__(self):
         if self.detect not in DETECT_MODES:
@@ -203,6 +212,7 @@ class Predictor:
         if runtime == "onnxruntime" and device.type != "cpu":
             raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu")
         self.spec, self.device = spec, device
+        self.options = PredictOptions()  # predict_paths sets the run's
         self.model = model.to(device, memory_format=torch.channels_last)
         self.onnx = None
         if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu"):
@@ -235,6 +245,7 @@ class Predictor:
     def predict_paths(self, files: Iterable[InputFile], options: PredictOptions | None = None) -> Iterator[ImageResult]:
         """Yield one :class:`ImageResult` per file, in input order, as batches finish."""
         options = options or PredictOptions()
+        self.options = options
         files = list(files)
         if not files:
             return
@@ -252,6 +263,11 @@ class Predictor:
         for crops, records in loader:
             yield from self.results(crops, records, [files[r["index"]] for r in records])
 
+    def unsure(self, score: float | None, quality: float | None) -> bool:
+        """A detection that is not taken as a face (see PredictOptions.unsure_score)."""
+        options = self.options
+        return score is not None and quality is not None and score < options.unsure_score and quality < options.unsure_quality
+
     def results(self, crops: torch.Tensor, records: list[dict], items: list[InputFile]) -> list[ImageResult]:
         """Run the model on a batch's crops and map keypoints back into each record's image."""
         unit, quality = self._keypoints(crops) if len(crops) else (np.zeros((0, len(self.spec.keypoints), 2)), None)
@@ -260,8 +276,11 @@ class Predictor:
             result = ImageResult(item.name, record["status"], record["error"], record["width"], record["height"], source=item)
             for box, score in zip(record["boxes"], record["scores"]):
                 q = None if quality is None else float(quality[face])
-                result.faces.append(FaceResult(box, score, from_unit(unit[face], box), q))
+                if not self.unsure(score, q):
+                    result.faces.append(FaceResult(box, score, from_unit(unit[face], box), q))
                 face += 1
+            if result.status == "ok" and not result.faces:
+                result.status = "no_face"
             results.append(result)
         return results
 
