@@ -4,6 +4,7 @@ does not grow with the number of images."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,8 @@ PASSES = ("auto", "one", "two")
 # profile or cut faces 0.00-0.22 with detector scores >= 0.87; the false faces seen (the back of a
 # head, a face in a painted landscape, a camera) scored 0.83-0.86 with quality <= 0.15.
 UNSURE_SCORE = 0.86
-UNSURE_QUALITY = 0.2  # detector passes on large images: see FaceDetector.detect
+UNSURE_QUALITY = 0.2
+UNSURE_SIZE = 0.3  # blurred faces behind the subject measured 0.19 of its size; false faces 0.46-0.54  # detector passes on large images: see FaceDetector.detect
 # --detect auto: a roughly square image of 32..400 px with no detected face is taken as a tight
 # face crop (Kaggle's 96x96 faces, faces15-like crops); anything else without a face is no_face.
 CROP_FALLBACK_SIDES = (32, 400)
@@ -112,11 +114,13 @@ class FaceCropper:
         if self.options.faces == "largest":
             found = [max(found, key=lambda d: d.box[2] * d.box[3])]
         boxes = [box_from_points(d.landmarks[_DETECTOR_TO_FRAMING], self.spec.framing) for d in found]
+        smallest = min(b.size for b in boxes)
+        if image.size != full and smallest < self.spec.input_size:
+            # a face too small to crop from this decode: decode again just big enough (often 1/2 or 1/4 scale)
+            bigger, _ = load_reduced(path, self.options.max_pixels, math.ceil(max(image.size) * self.spec.input_size / smallest) + 1)
+            boxes = [_scale_box(b, bigger.width / image.width, bigger.height / image.height) for b in boxes]
+            image = bigger
         sx, sy = width / image.width, height / image.height
-        if image.size != full and min(b.size for b in boxes) < self.spec.input_size:
-            image, _ = load_reduced(path, self.options.max_pixels)  # a small face: crop from full resolution
-            boxes = [_scale_box(b, sx, sy) for b in boxes]
-            return image, [(b, d.score, b) for b, d in zip(boxes, found)]
         return image, [(b, d.score, _scale_box(b, sx, sy)) for b, d in zip(boxes, found)]
 
     def _detect(self, image, full, path):
@@ -125,7 +129,7 @@ class FaceCropper:
         detector, passes = self.detector, self.options.passes
         found = [detector.candidates(image, detector.coarse)]
         fine = min(detector.fine, max(full))
-        if passes == "two" and max(full) > detector.coarse or passes == "auto" and detector.wants_second_pass(found[0], full):
+        if passes == "two" and max(full) > detector.coarse or passes == "auto" and detector.wants_second_pass(found[0], image.size, full):
             if max(image.size) < fine:
                 bigger, _ = load_reduced(path, self.options.max_pixels, fine)
                 found = [found[0].scaled(bigger.width / image.width, bigger.height / image.height)]
@@ -264,9 +268,18 @@ class Predictor:
             yield from self.results(crops, records, [files[r["index"]] for r in records])
 
     def unsure(self, score: float | None, quality: float | None) -> bool:
-        """A detection that is not taken as a face (see PredictOptions.unsure_score)."""
+        """A doubtful detection: low detector score and low keypoint quality (PredictOptions.unsure_score)."""
         options = self.options
         return score is not None and quality is not None and score < options.unsure_score and quality < options.unsure_quality
+
+    def only_faces(self, faces: list[FaceResult]) -> list[FaceResult]:
+        """Drop doubtful detections beside a clear face at a similar scale (box >= UNSURE_SIZE of the
+        biggest clear face): a face-like patch of a painting, the back of a head. A doubtful face alone
+        in its picture is kept, and so are the small blurred faces of people behind the subject."""
+        clear = [f.box.size for f in faces if not self.unsure(f.score, f.quality)]
+        if not clear:
+            return faces
+        return [f for f in faces if not (self.unsure(f.score, f.quality) and f.box.size >= UNSURE_SIZE * max(clear))]
 
     def results(self, crops: torch.Tensor, records: list[dict], items: list[InputFile]) -> list[ImageResult]:
         """Run the model on a batch's crops and map keypoints back into each record's image."""
@@ -274,11 +287,10 @@ class Predictor:
         results, face = [], 0
         for record, item in zip(records, items):
             result = ImageResult(item.name, record["status"], record["error"], record["width"], record["height"], source=item)
-            for box, score in zip(record["boxes"], record["scores"]):
-                q = None if quality is None else float(quality[face])
-                if not self.unsure(score, q):
-                    result.faces.append(FaceResult(box, score, from_unit(unit[face], box), q))
-                face += 1
+            found = [FaceResult(box, score, from_unit(unit[face + i], box), None if quality is None else float(quality[face + i]))
+                     for i, (box, score) in enumerate(zip(record["boxes"], record["scores"]))]
+            face += len(found)
+            result.faces = self.only_faces(found)
             if result.status == "ok" and not result.faces:
                 result.status = "no_face"
             results.append(result)
