@@ -1,6 +1,7 @@
 """Throughput of fkpbatch on this machine: where the time goes, and how close end-to-end gets.
 
     python benchmarks/throughput.py [--images 2000] [--json benchmarks/throughput.json] [--baselines PYTHON]
+    python benchmarks/throughput.py --photos [--repeats 4] [--json benchmarks/throughput_photos.json]
 
 Measures images/s for (1) decode + crop/resize only, as predict does it, with the same workers
 (and decode + detect + crop), (2) the model alone on preloaded tensors at the default batch size,
@@ -8,6 +9,13 @@ Measures images/s for (1) decode + crop/resize only, as predict does it, with th
 steady rate from a second run on N/4 images, i.e. without the fixed start-up), plus the peak memory
 (PSS) of the whole process tree. Inputs are faces15 photos (../shared/data), linked N times under
 new names. The ONNX graph cache is warm (as from a user's second run on).
+
+``--photos``: real photos instead. Two sets: the shared photos as they are (up to 4352x2903), and
+an ~800-px set derived from them into a temporary folder (photos of >= 800 px resized to 800 px,
+those of 600-800 px copied), each linked ``--repeats`` times. Beside `fkpbatch predict` (the
+default search policy, and ``--passes two``, the 0.2 policy), the same run times the bare detector:
+one process, onnxruntime on all cores, decode + one pass at full resolution (the longest side capped
+at 1600 px for the full-size set) + box decoding, no start-up, no keypoints.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fkpbatch, installed or not
 
 from fkpbatch.discover import discover
 from fkpbatch.engine import DEFAULT_WEIGHTS, ImageSource, PredictOptions, Predictor, _worker_init, collate_images
@@ -109,12 +119,13 @@ def _run_predict(folder: Path, weights: Path, extra: list[str]) -> tuple[float, 
     return time.perf_counter() - started, peak
 
 
-def end_to_end(folder: Path, quarter: Path, count: int, weights: Path, extra: list[str]) -> dict:
+def end_to_end(folder: Path, quarter: Path, count: int, weights: Path, extra: list[str], quarter_count: int | None = None) -> dict:
     """Run the real CLI on all images and on a quarter of them: images/s by the wall clock
     (start-up included) and the steady rate the difference gives (what long runs approach)."""
     seconds, peak = _run_predict(folder, weights, extra)
     quarter_seconds, _ = _run_predict(quarter, weights, extra)
-    steady = (count - count // 4) / max(1e-9, seconds - quarter_seconds)
+    quarter_count = count // 4 if quarter_count is None else quarter_count
+    steady = (count - quarter_count) / max(1e-9, seconds - quarter_seconds)
     return {"images_per_s": round(count / seconds, 1), "seconds": round(seconds, 1), "steady_images_per_s": round(steady, 1),
             "start_up_s": round(seconds - count / steady, 1), "peak_memory_pss_mb": round(peak / 1024, 1)}
 
@@ -128,6 +139,75 @@ def baseline(python: str, tool: str, folder: Path, count: int) -> dict:
     return {"images_per_s": round(count / seconds, 1), "seconds": round(seconds, 1)}
 
 
+def derive_800(source: Path, folder: Path) -> list[Path]:
+    from PIL import Image
+
+    from fkpbatch.decode import load_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for path in sorted(source.iterdir()):
+        image = load_image(path)
+        if max(image.size) < 600:
+            continue
+        scale = min(1.0, 800 / max(image.size))
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+        image.save(folder / f"{path.stem}.jpg", quality=90)
+        made.append(folder / f"{path.stem}.jpg")
+    return made
+
+
+def link_repeats(photos: list[Path], repeats: int, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in range(repeats):
+        for photo in photos:
+            (folder / f"{r}_{photo.stem}.jpg").symlink_to(photo.resolve())
+    return folder
+
+
+def bare_detector_rate(photos: list[Path], cap: int) -> dict:
+    """Decode + one detector pass at full resolution (longest side <= cap) per photo, in-process."""
+    from fkpbatch.decode import load_image
+    from fkpbatch.detect import FaceDetector
+
+    detector = FaceDetector(threads=cpu_count())
+    detector.candidates(load_image(photos[0]), 320)  # session built outside the timing
+    started, faces = time.perf_counter(), 0
+    for path in photos:
+        image = load_image(path)
+        faces += len(detector.merge([detector.candidates(image, min(cap, max(image.size)))]))
+    seconds = time.perf_counter() - started
+    return {"images_per_s": round(len(photos) / seconds, 1), "seconds": round(seconds, 1), "faces": faces}
+
+
+def photos_mode(args, weights: Path) -> dict:
+    source = args.data / "photos"
+    if not source.is_dir():
+        raise SystemExit(f"needs the shared photos at {source}")
+    report = {"machine": {"cpu_cores": cpu_count(), "processor": platform.processor() or platform.machine(),
+                          "torch": torch.__version__, "python": platform.python_version(), "load_average": os.getloadavg()},
+              "workers": default_workers(), "repeats": args.repeats}
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = {"photos_800": derive_800(source, Path(tmp) / "p800"), "photos_full": sorted(source.iterdir())}
+        for name, photos in sets.items():
+            folder = link_repeats(photos, args.repeats, Path(tmp) / f"{name}_all")
+            quarter = link_repeats(photos, max(1, args.repeats // 4), Path(tmp) / f"{name}_quarter")
+            count = len(photos) * args.repeats
+            if args.repeats // 4 >= args.repeats:
+                raise SystemExit("--repeats must be at least 2")
+            entry = {"photos": len(photos), "images": count}
+            entry["bare_detector_full_resolution"] = bare_detector_rate(photos * max(1, args.repeats // 2), 1600)
+            for label, extra in (("predict", []), ("predict_passes_two", ["--passes", "two"])):
+                runs = end_to_end(folder, quarter, count, weights, extra, quarter_count=len(photos) * max(1, args.repeats // 4))
+                entry[label] = runs
+                bare = entry["bare_detector_full_resolution"]["images_per_s"]
+                entry[f"ratio_{label}_vs_bare"] = round(runs["images_per_s"] / bare, 2)
+                entry[f"steady_ratio_{label}_vs_bare"] = round(runs["steady_images_per_s"] / bare, 2)
+            report[name] = entry
+            print(name, json.dumps(entry), flush=True)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
@@ -138,7 +218,14 @@ def main() -> None:
     parser.add_argument("--model-only", action="store_true", help="only (2), e.g. to compare --weights of two architectures")
     parser.add_argument("--baselines", metavar="PYTHON", help="also time dlib and mediapipe (benchmarks/baselines.py) with this "
                         "interpreter, one that has dlib-bin, face_recognition_models and mediapipe==0.10.14 installed")
+    parser.add_argument("--photos", action="store_true", help="real photos (see above) instead of faces15")
+    parser.add_argument("--repeats", type=int, default=4, help="--photos: each photo is linked this many times")
     args = parser.parse_args()
+    if args.photos:
+        report = photos_mode(args, args.weights)
+        out = args.json if args.json != REPO / "benchmarks" / "throughput.json" else REPO / "benchmarks" / "throughput_photos.json"
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        return
     source = args.data / "faces15" / "images"
     if not source.is_dir():
         raise SystemExit(f"needs the faces15 photos at {source}")

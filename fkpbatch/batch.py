@@ -69,8 +69,8 @@ def run_parameters(predictor: Predictor, request: BatchRequest, options: Predict
     """Everything that changes what an output holds: a resumed run must use the same values."""
     return {"format": fmt, "points": request.points, "model": model_fingerprint(predictor.model, predictor.spec),
             "detect": options.detect, "faces": options.faces, "min_score": options.min_score,
-            "min_face": options.min_face, "max_pixels": options.max_pixels,
-            "raw_names": request.raw_names and fmt == "csv", "shard": f"{shard[0]}/{shard[1]}" if shard else None}
+            "min_face": options.min_face, "max_pixels": options.max_pixels, "passes": str(options.passes),
+            "unsure_score": options.unsure_score, "raw_names": request.raw_names and fmt == "csv", "shard": f"{shard[0]}/{shard[1]}" if shard else None}
 
 
 def _open_output(request: BatchRequest, fmt: str, params: dict, columns: list[str], inputs: InputIdentities,

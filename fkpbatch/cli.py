@@ -14,7 +14,7 @@ from rich.table import Table
 
 from . import __version__, interrupts
 from .errors import FkpError
-from .options import Augment, Detect, Device, Engine, Faces, Format, Model, Points, PredictOptions, Recipe, Runtime
+from .options import Augment, Detect, Device, Engine, Faces, Format, Model, Passes, Points, PredictOptions, Recipe, Runtime
 from .zoo import DEFAULT_MODEL, SHIPPED_MODELS, resolve_weights
 
 app = typer.Typer(
@@ -102,6 +102,13 @@ def predict(
         help="Minimum face detection score.", min=0.0, max=1.0)] = PredictOptions.min_score,
     min_face: Annotated[int, typer.Option(
         help="Ignore detected faces smaller than this (box side, pixels).", min=0)] = PredictOptions.min_face,
+    passes: Annotated[Passes, typer.Option(
+        help="Detector passes on large photos: auto = a 480-px pass, and a finer one (up to 1600 px) only where "
+             "small faces are likely; one; two = always both.")] = PredictOptions.passes,
+    unsure_score: Annotated[float, typer.Option(
+        help="A detection scored below this whose keypoint quality is under 0.2 is not a face when the picture "
+             "holds a clear face at a similar scale (a painting, the back of a head); 0 keeps them all.",
+        min=0.0, max=1.0)] = PredictOptions.unsure_score,
     max_pixels: Annotated[int, typer.Option(
         help="Refuse images with more pixels (decompression bombs) as error rows.", min=1)] = PredictOptions.max_pixels,
     points: Annotated[Points, typer.Option(
@@ -130,8 +137,8 @@ def predict(
                                from_list=from_list, annotate=annotate, overwrite=overwrite, resume=resume,
                                raw_names=raw_names)
         options = PredictOptions(detect=detect, faces=faces, min_score=min_score, min_face=min_face,
-                                 max_pixels=max_pixels, batch_size=batch_size,
-                                 **({} if workers is None else {"workers": workers}))
+                                 max_pixels=max_pixels, batch_size=batch_size, passes=passes,
+                                 unsure_score=unsure_score, **({} if workers is None else {"workers": workers}))
         shard_spec = parse_shard(shard) if shard else None
         weights = resolve_weights(weights, model)
         _check_engine_options(engine, annotate=annotate, resume=resume, shard=shard, strict=strict, overwrite=overwrite,

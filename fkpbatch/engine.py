@@ -4,6 +4,7 @@ does not grow with the number of images."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, Union
@@ -14,11 +15,11 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import ModelSpec, load_model
-from .decode import load_image, to_rgb
+from .decode import load_reduced, to_rgb
 from .detect import FaceDetector
 from .discover import InputFile, discover, display_name
 from .errors import DecodeError, UsageError
-from .options import Detect, Model, PredictOptions, Runtime
+from .options import UNSURE_SIZE, Detect, Model, PredictOptions, Runtime
 from .results import CropRecord, FaceResult, ImageResult
 from .runtime import autocast, cpu_count, resolve_device, to_model_input
 from .transforms import Box, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
@@ -36,27 +37,59 @@ _DETECTOR_TO_FRAMING = [1, 0, 2, 4, 3]
 
 class FaceCropper:
     """Decode one file, find its faces, crop them to the model's frame. Runs in DataLoader workers
-    (and in Ray tasks); the detector session is built lazily in each process."""
+    (and in Ray tasks); the detector session is built lazily in each process.
+
+    Large JPEGs are decoded at a reduced scale (:func:`load_reduced`) just big enough for the
+    detector's coarse pass; the file is decoded again, bigger, only when a second pass needs more
+    pixels or a face's crop would come out smaller than the model's input (no face is ever cropped
+    from fewer pixels than the model sees)."""
 
     def __init__(self, spec: ModelSpec, options: PredictOptions):
         self.spec, self.options = spec, options
         self.detector = FaceDetector(min_score=options.min_score) if options.detect != "never" else None
 
-    def _boxes(self, image) -> list[tuple[Box, float | None]]:
-        width, height = image.size
+    def _faces(self, image, full: tuple[int, int], path) -> tuple[object, list[tuple[Box, float | None, Box]]]:
+        """(the picture to crop from, [(box in its pixels, score, box in original pixels)])."""
+        width, height = full
         if self.detector is None:
-            return [(whole_image_box(width, height), None)]
-        found = self._detect(image)
+            box = whole_image_box(width, height)
+            return image, [(box, None, box)]
+        found, image = self._detect(image, full, path)
         if not found and max(width, height) <= CROP_FALLBACK_SIDES[1]:
-            found = self._detect(image, pad=0.25)  # a face filling the picture: give it a border
+            found = self._keep(self.detector.detect(image, pad=0.25, passes=self.options.passes), image, full)
         if not found:
-            return [(whole_image_box(width, height), None)] if self.options.detect == "auto" and looks_like_a_face_crop(width, height) else []
+            fallback = self.options.detect == "auto" and looks_like_a_face_crop(width, height)
+            return image, [(whole_image_box(*image.size), None, whole_image_box(width, height))] if fallback else []
         if self.options.faces == "largest":
             found = [max(found, key=lambda d: d.box[2] * d.box[3])]
-        return [(box_from_points(d.landmarks[_DETECTOR_TO_FRAMING], self.spec.framing), d.score) for d in found]
+        boxes = [box_from_points(d.landmarks[_DETECTOR_TO_FRAMING], self.spec.framing) for d in found]
+        smallest = min(b.size for b in boxes)
+        if image.size != full and smallest < self.spec.input_size:
+            # a face too small to crop from this decode: decode again just big enough (often 1/2 or 1/4 scale)
+            bigger, _ = load_reduced(path, self.options.max_pixels, math.ceil(max(image.size) * self.spec.input_size / smallest) + 1)
+            boxes = [_scale_box(b, bigger.width / image.width, bigger.height / image.height) for b in boxes]
+            image = bigger
+        sx, sy = width / image.width, height / image.height
+        return image, [(b, d.score, _scale_box(b, sx, sy)) for b, d in zip(boxes, found)]
 
-    def _detect(self, image, pad: float = 0.0):
-        return [d for d in self.detector.detect(image, pad=pad) if min(d.box[2:]) >= self.options.min_face]
+    def _detect(self, image, full, path):
+        """Faces (in original pixels) and the picture they were searched in: a coarse pass, and a
+        fine pass where the detector's policy wants one, on a bigger decode if need be."""
+        detector, passes = self.detector, self.options.passes
+        found = [detector.candidates(image, detector.coarse)]
+        fine = min(detector.fine, max(full))
+        if passes == "two" and max(full) > detector.coarse or passes == "auto" and detector.wants_second_pass(found[0], image.size, full):
+            if max(image.size) < fine:
+                bigger, _ = load_reduced(path, self.options.max_pixels, fine)
+                found = [found[0].scaled(bigger.width / image.width, bigger.height / image.height)]
+                image = bigger
+            found.append(detector.candidates(image, fine))
+        return self._keep(detector.merge(found), image, full), image
+
+    def _keep(self, found, image, full):
+        """Detections of at least --min-face px (measured in original pixels), in ``image``'s pixels."""
+        sx, sy = full[0] / image.width, full[1] / image.height
+        return [d for d in found if min(d.box[2] * sx, d.box[3] * sy) >= self.options.min_face]
 
     def __call__(self, item: InputFile | InMemoryImage) -> CropRecord:
         """The image's :class:`CropRecord`: status, size, boxes, scores and the (F, 1, S, S) uint8 crops."""
@@ -65,16 +98,17 @@ class FaceCropper:
             record.status, record.error = ("error", item.error) if item.error else ("skipped", item.skip_reason)
             return record
         try:
-            image = load_item(item, self.options.max_pixels)
-            record.width, record.height = image.width, image.height
-            faces = self._boxes(image)
+            side = self.detector.coarse if self.detector is not None else None
+            image, full = load_item(item, self.options.max_pixels, side)
+            record.width, record.height = full
+            image, faces = self._faces(image, full, getattr(item, "path", None))
             if not faces:
                 record.status = "no_face"
                 return record
             gray = image.convert("L")
             size = self.spec.input_size
-            record.crops = torch.stack([to_uint8_tensor(crop_face(gray, box, size)) for box, _ in faces])
-            record.boxes, record.scores = [b for b, _ in faces], [s for _, s in faces]
+            record.crops = torch.stack([to_uint8_tensor(crop_face(gray, box, size)) for box, _, _ in faces])
+            record.boxes, record.scores = [b for _, _, b in faces], [s for _, s, _ in faces]
             return record
         except DecodeError as exc:
             skipped = item.skip_if_not_image and str(exc).startswith("not an image")
@@ -86,6 +120,12 @@ class FaceCropper:
 
     def _no_crops(self) -> torch.Tensor:
         return torch.zeros((0, 1, self.spec.input_size, self.spec.input_size), dtype=torch.uint8)
+
+
+def _scale_box(box: Box, sx: float, sy: float) -> Box:
+    """A box in a picture decoded at reduced scale -> the same box in original pixels (continuous
+    coordinates scale exactly; the side by the mean of the two axes' factors, equal within a pixel)."""
+    return Box(box.x * sx, box.y * sy, box.size * (sx + sy) / 2)
 
 
 class ImageSource(Dataset):
@@ -174,14 +214,15 @@ def to_pil_image(image) -> Image.Image:
     raise UsageError(f"expected a PIL image or a numpy uint8 array, not {type(image).__name__}")
 
 
-def load_item(item: InputFile | InMemoryImage, max_pixels: int) -> Image.Image:
-    """The upright RGB picture of an input: decoded from its file, or the in-memory one."""
+def load_item(item: InputFile | InMemoryImage, max_pixels: int, min_side: int | None = None):
+    """(the upright RGB picture of an input, its full size): a file is decoded at reduced scale when
+    the detector needs no more (:func:`decode.load_reduced`); an in-memory picture is used as it is."""
     if isinstance(item, InMemoryImage):
         width, height = item.image.size
         if width * height > max_pixels:
             raise DecodeError(f"image is {width}x{height} = {width * height:,} pixels, over max_pixels {max_pixels:,}")
-        return item.image
-    return load_image(item.path, max_pixels)
+        return item.image, item.image.size
+    return load_reduced(item.path, max_pixels, min_side)
 
 
 class Predictor:
@@ -197,6 +238,7 @@ class Predictor:
         if runtime == "onnxruntime" and device.type != "cpu":
             raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu")
         self.spec, self.device = spec, device
+        self.options = PredictOptions()  # predict_paths sets the run's
         self.model = model.to(device, memory_format=torch.channels_last)
         self.onnx = None
         if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu"):
@@ -252,6 +294,7 @@ class Predictor:
 
     def _predict(self, items: list[InputFile | InMemoryImage], options: PredictOptions | None) -> Iterator[ImageResult]:
         options = options or PredictOptions()
+        self.options = options
         if not items:
             return
         torch.set_num_threads(cpu_count())
@@ -268,6 +311,20 @@ class Predictor:
         for crops, records in loader:
             yield from self.results(crops, records, [items[r.index] for r in records])
 
+    def unsure(self, score: float | None, quality: float | None) -> bool:
+        """A doubtful detection: low detector score and low keypoint quality (PredictOptions.unsure_score)."""
+        options = self.options
+        return score is not None and quality is not None and score < options.unsure_score and quality < options.unsure_quality
+
+    def only_faces(self, faces: list[FaceResult]) -> list[FaceResult]:
+        """Drop doubtful detections beside a clear face at a similar scale (box >= UNSURE_SIZE of the
+        biggest clear face): a face-like patch of a painting, the back of a head. A doubtful face alone
+        in its picture is kept, and so are the small blurred faces of people behind the subject."""
+        clear = [f.box.size for f in faces if not self.unsure(f.score, f.quality)]
+        if not clear:
+            return faces
+        return [f for f in faces if not (self.unsure(f.score, f.quality) and f.box.size >= UNSURE_SIZE * max(clear))]
+
     def results(self, crops: torch.Tensor, records: list[CropRecord],
                 items: list[InputFile | InMemoryImage]) -> list[ImageResult]:
         """Run the model on a batch's crops and map keypoints back into each record's image."""
@@ -278,9 +335,12 @@ class Predictor:
             source = item if isinstance(item, InputFile) else None
             result = ImageResult(item.name, record.status, record.error, record.width, record.height,
                                  source=source, names=names)
-            for box, score in zip(record.boxes, record.scores):
-                q = None if quality is None else float(quality[face])
-                result.faces.append(FaceResult(box, score, from_unit(unit[face], box), q, names))
-                face += 1
+            found = [FaceResult(box, score, from_unit(unit[face + i], box),
+                                None if quality is None else float(quality[face + i]), names)
+                     for i, (box, score) in enumerate(zip(record.boxes, record.scores))]
+            face += len(found)
+            result.faces = self.only_faces(found)
+            if result.status == "ok" and not result.faces:
+                result.status = "no_face"
             results.append(result)
         return results

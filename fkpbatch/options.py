@@ -63,6 +63,15 @@ class Detect(Choice):
     never = "never"
 
 
+class Passes(Choice):
+    """``--passes``: detector passes on large photos. auto: one coarse pass, and a second, finer one
+    only where small faces are likely; one; two (always search at both sizes)."""
+
+    auto = "auto"
+    one = "one"
+    two = "two"
+
+
 class Faces(Choice):
     """``--faces``: every detected face, or the largest one per image."""
 
@@ -131,6 +140,15 @@ class Augment(Choice):
     strong = "strong"
 
 
+# "Only faces become rows", measured on the shared photos (fkpnet68.pt): clear faces have quality
+# 0.38-0.45; real but blurred, profile or cut faces 0.00-0.22 with detector scores >= 0.87; the false
+# faces seen (the back of a head, a camera, blurred hands) scored 0.83-0.86 with quality <= 0.15, at
+# 0.46-0.54 of the clear face's size, while blurred faces behind the subject measured 0.19 of it.
+UNSURE_SCORE = 0.86
+UNSURE_QUALITY = 0.2
+UNSURE_SIZE = 0.3
+
+
 def _default_workers() -> int:
     from .runtime import default_workers
 
@@ -155,11 +173,19 @@ class PredictOptions:
     batch_size: int = 64
     """Images per batch."""
     workers: int = field(default_factory=_default_workers)
-    """DataLoader worker processes (default: min(4, cores)); 0 = decode in this process."""
+    """DataLoader worker processes (default: one per core); 0 = decode in this process."""
+    passes: Passes = Passes.auto
+    """Detector passes on large photos (see :class:`Passes`)."""
+    unsure_score: float = UNSURE_SCORE
+    """"Only faces become rows": a detection scored under this whose keypoint quality is under
+    ``unsure_quality`` is dropped when the picture holds a clear face at a similar scale; 0 keeps all."""
+    unsure_quality: float = UNSURE_QUALITY
+    """See ``unsure_score``."""
 
     def __post_init__(self):
         object.__setattr__(self, "detect", Detect.parse(self.detect, "--detect"))
         object.__setattr__(self, "faces", Faces.parse(self.faces, "--faces"))
+        object.__setattr__(self, "passes", Passes.parse(self.passes, "--passes"))
         if self.batch_size < 1 or self.workers < 0:
             raise UsageError("--batch-size must be at least 1 and --workers at least 0")
         if not 0.0 <= self.min_score <= 1.0 or self.min_face < 0 or self.max_pixels < 1:

@@ -29,7 +29,7 @@ JSON_KEYS = frozenset({"image", "width", "height", "status", "error", "faces"})
 # parameter -> how the user sets it, for the message when --resume finds another run's parameters
 OPTION_OF = {"format": "--format", "points": "--points", "model": "--weights", "detect": "--detect", "faces": "--faces",
              "min_score": "--min-score", "min_face": "--min-face", "max_pixels": "--max-pixels",
-             "raw_names": "--raw-names", "shard": "--shard"}
+             "passes": "--passes", "unsure_score": "--unsure-score", "raw_names": "--raw-names", "shard": "--shard"}
 
 
 def sidecar_path(out: Path) -> Path:

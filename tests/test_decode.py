@@ -65,3 +65,15 @@ def test_truncated_jpeg_is_an_error(tmp_path):
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with pytest.raises(DecodeError, match="cannot decode"):
         load_image(path)
+
+
+def test_large_jpegs_are_decoded_reduced_but_report_their_full_upright_size(tmp_path):
+    from fkpbatch.decode import load_reduced
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated: 1000 wide, 2000 high
+    path = _save(tmp_path, gradient_image((2000, 1000)), "big.jpg", exif=exif)
+    image, full = load_reduced(path, min_side=480)
+    assert full == (1000, 2000) and image.size == (250, 500)  # 1/4 scale, longest side still >= 480
+    assert load_reduced(path, min_side=1200)[0].size == (1000, 2000)  # 1/2 would be under 1200
+    assert load_reduced(_save(tmp_path, gradient_image((2000, 1000)), "big.png"), min_side=480)[0].size == (2000, 1000)

@@ -103,3 +103,36 @@ def test_faces_largest_keeps_one_face(composite, tiny_weights):
     box = table.iloc[0]
     eyes = truth[0][:2].mean(0)  # the face pasted at scale 2 is the largest
     assert box["box_x"] < eyes[0] < box["box_x"] + box["box_w"] and box["box_y"] < eyes[1] < box["box_y"] + box["box_h"]
+
+
+def test_a_large_jpeg_gives_the_same_faces_as_its_png(composite, tiny_weights, tmp_path):
+    """Decoded at reduced scale for the detector, re-decoded for small faces: same boxes."""
+    path, _ = composite
+    jpeg = tmp_path / "group.jpg"
+    Image.open(path).resize((3200, 2000), Image.Resampling.LANCZOS).save(jpeg, quality=95)
+    png = tmp_path / "group2.png"
+    Image.open(path).resize((3200, 2000), Image.Resampling.LANCZOS).save(png)
+    tables = [pd.read_csv(io.StringIO(runner.invoke(app, ["predict", str(p), "-w", str(tiny_weights), "--workers", "0", "-q"]).stdout))
+              for p in (jpeg, png)]
+    assert len(tables[0]) == len(tables[1]) == 4
+    assert np.abs(tables[0][["box_x", "box_y", "box_w"]].to_numpy() - tables[1][["box_x", "box_y", "box_w"]].to_numpy()).max() < 12
+
+
+def test_unsure_detections_are_not_faces():
+    from fkpbatch.engine import FaceResult, PredictOptions, Predictor
+    from fkpbatch.transforms import Box
+
+    predictor = Predictor.__new__(Predictor)
+    predictor.options = PredictOptions()
+    assert predictor.unsure(0.83, 0.15) and predictor.unsure(0.856, 0.0)  # a painted face, the back of a head
+    assert not predictor.unsure(0.87, 0.0) and not predictor.unsure(0.83, 0.4) and not predictor.unsure(None, 0.0)
+    assert not predictor.unsure(0.83, None)  # regression models: no quality, no filtering
+
+    def face(size, score, quality):
+        return FaceResult(Box(0, 0, size), score, np.zeros((15, 2)), quality)
+
+    subject, painted, blurred = face(800, 0.9999, 0.42), face(390, 0.856, 0.0), face(154, 0.812, 0.026)
+    assert predictor.only_faces([subject, painted, blurred]) == [subject, blurred]
+    assert predictor.only_faces([painted]) == [painted]  # alone in its picture: kept
+    predictor.options = PredictOptions(unsure_score=0)
+    assert predictor.only_faces([subject, painted]) == [subject, painted]
