@@ -53,7 +53,11 @@ def predict_csv(files: list[Path], command: list[str]) -> tuple[pd.DataFrame, fl
 
 def score(labels: pd.DataFrame, predictions: pd.DataFrame, image_dir: Path) -> tuple[dict, np.ndarray | None]:
     """Figures of one dataset, and its per-face 68-point NME (None without 68-point predictions)."""
-    names = KAGGLE_POINTS + IBUG_POINTS if set(coordinate_columns(IBUG_POINTS)) <= set(predictions.columns) else KAGGLE_POINTS
+    names = (
+        KAGGLE_POINTS + IBUG_POINTS
+        if set(coordinate_columns(IBUG_POINTS)) <= set(predictions.columns)
+        else KAGGLE_POINTS
+    )
     columns = coordinate_columns(names)
     truth = labels[columns].to_numpy(float).reshape(len(labels), -1, 2)
     by_image = {name: group for name, group in predictions.groupby("image")}
@@ -70,9 +74,14 @@ def score(labels: pd.DataFrame, predictions: pd.DataFrame, image_dir: Path) -> t
     found = np.isfinite(pred).all(axis=(1, 2))
     missed = int((~found).sum())
     kaggle = [names.index(n) for n in KAGGLE_POINTS]
-    result = {"images": int(len(labels)), "not_found": missed, **_figures(pred[found][:, kaggle], truth[found][:, kaggle],
-                                                                          KAGGLE_POINTS, missed)}
-    result.update(quality_vs_error(quality[found], nme_per_face(pred[found][:, kaggle], truth[found][:, kaggle], KAGGLE_POINTS)))
+    result = {
+        "images": int(len(labels)),
+        "not_found": missed,
+        **_figures(pred[found][:, kaggle], truth[found][:, kaggle], KAGGLE_POINTS, missed),
+    }
+    result.update(
+        quality_vs_error(quality[found], nme_per_face(pred[found][:, kaggle], truth[found][:, kaggle], KAGGLE_POINTS))
+    )
     nme68 = None
     if names != KAGGLE_POINTS:
         ibug = [names.index(n) for n in IBUG_POINTS]
@@ -84,8 +93,11 @@ def score(labels: pd.DataFrame, predictions: pd.DataFrame, image_dir: Path) -> t
 
 def _figures(pred: np.ndarray, truth: np.ndarray, names, missed: int) -> dict:
     nme = nme_per_face(pred, truth, names)
-    return {"nme_percent": float(100 * nme.mean()), "nme_median_percent": float(100 * np.median(nme)),
-            "failure_percent": failure_percent(nme, missed)}
+    return {
+        "nme_percent": float(100 * nme.mean()),
+        "nme_median_percent": float(100 * np.median(nme)),
+        "failure_percent": failure_percent(nme, missed),
+    }
 
 
 def _rounded(data):
@@ -96,19 +108,36 @@ def _rounded(data):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, help="training run folder whose held-out split to use (default: the shipped models')")
+    parser.add_argument(
+        "--run", type=Path, help="training run folder whose held-out split to use (default: the shipped models')"
+    )
     parser.add_argument("--weights", type=Path, help="weights to test (default: predict's default)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--predict-args", default="", help="extra predict options, e.g. '--detect never'")
-    parser.add_argument("--command", help="score another tool instead: a command that reads image paths on stdin and "
-                        "writes predict's CSV to -o FILE, e.g. 'python benchmarks/baselines.py dlib -'")
+    parser.add_argument(
+        "--command",
+        help="score another tool instead: a command that reads image paths on stdin and "
+        "writes predict's CSV to -o FILE, e.g. 'python benchmarks/baselines.py dlib -'",
+    )
     args = parser.parse_args()
-    command = args.command.split() if args.command else [
-        sys.executable, "-m", "fkpbatch", "predict", "--from-list", "-", "--quiet", "--points", "68",
-        *args.predict_args.split(),
-        *(["--weights", str(args.weights)] if args.weights else []),
-    ]
+    command = (
+        args.command.split()
+        if args.command
+        else [
+            sys.executable,
+            "-m",
+            "fkpbatch",
+            "predict",
+            "--from-list",
+            "-",
+            "--quiet",
+            "--points",
+            "68",
+            *args.predict_args.split(),
+            *(["--weights", str(args.weights)] if args.weights else []),
+        ]
+    )
     report = {"command": " ".join(command), "split": str(args.run) if args.run else SHIPPED_SPLIT}
     manual = []  # per-face 68-point NME of the manually labelled 300-W faces (HELEN, LFPW)
     for key, dataset in DATASETS.items():
@@ -123,9 +152,14 @@ def main() -> None:
     if manual:
         nme = np.concatenate(manual)
         found = np.isfinite(nme)
-        report["300w"] = _rounded({"faces": int(len(nme)), "not_found": int((~found).sum()),
-                                   "nme68_percent": float(100 * nme[found].mean()),
-                                   "failure68_percent": failure_percent(nme[found], int((~found).sum()))})
+        report["300w"] = _rounded(
+            {
+                "faces": int(len(nme)),
+                "not_found": int((~found).sum()),
+                "nme68_percent": float(100 * nme[found].mean()),
+                "failure68_percent": failure_percent(nme[found], int((~found).sum())),
+            }
+        )
         print(f"300w     {json.dumps(report['300w'])}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -22,17 +22,58 @@ import numpy as np
 from PIL import Image
 
 KAGGLE_POINTS = (
-    "left_eye_center", "right_eye_center", "left_eye_inner_corner", "left_eye_outer_corner",
-    "right_eye_inner_corner", "right_eye_outer_corner", "left_eyebrow_inner_end", "left_eyebrow_outer_end",
-    "right_eyebrow_inner_end", "right_eyebrow_outer_end", "nose_tip", "mouth_left_corner", "mouth_right_corner",
-    "mouth_center_top_lip", "mouth_center_bottom_lip",
+    "left_eye_center",
+    "right_eye_center",
+    "left_eye_inner_corner",
+    "left_eye_outer_corner",
+    "right_eye_inner_corner",
+    "right_eye_outer_corner",
+    "left_eyebrow_inner_end",
+    "left_eyebrow_outer_end",
+    "right_eyebrow_inner_end",
+    "right_eyebrow_outer_end",
+    "nose_tip",
+    "mouth_left_corner",
+    "mouth_right_corner",
+    "mouth_center_top_lip",
+    "mouth_center_bottom_lip",
 )  # fkpbatch.keypoints.KAGGLE_POINTS, repeated so this script runs without torch
 # The 15 Kaggle points as means of source-point indices. iBUG 68: exactly how faces15 and helen_train
 # derive their Kaggle columns. Face mesh: the nearest mesh vertices (an approximate convention).
-FROM_IBUG = ((42, 43, 44, 45, 46, 47), (36, 37, 38, 39, 40, 41), (42,), (45,), (39,), (36,), (22,), (26,), (21,), (17,),
-             (30,), (54,), (48,), (51,), (57,))
-FROM_MESH = ((473,), (468,), (362,), (263,), (133,), (33,), (336, 285), (300, 276), (107, 55), (70, 46), (1,), (291,), (61,),
-             (0,), (17,))
+FROM_IBUG = (
+    (42, 43, 44, 45, 46, 47),
+    (36, 37, 38, 39, 40, 41),
+    (42,),
+    (45,),
+    (39,),
+    (36,),
+    (22,),
+    (26,),
+    (21,),
+    (17,),
+    (30,),
+    (54,),
+    (48,),
+    (51,),
+    (57,),
+)
+FROM_MESH = (
+    (473,),
+    (468,),
+    (362,),
+    (263,),
+    (133,),
+    (33,),
+    (336, 285),
+    (300, 276),
+    (107, 55),
+    (70, 46),
+    (1,),
+    (291,),
+    (61,),
+    (0,),
+    (17,),
+)
 
 
 def dlib_faces():
@@ -69,7 +110,11 @@ def main() -> None:
     parser.add_argument("input", help="folder of images, or - for a list of paths on stdin")
     parser.add_argument("-o", "--out", type=Path, required=True)
     args = parser.parse_args()
-    files = [line.strip() for line in sys.stdin if line.strip()] if args.input == "-" else sorted(map(str, Path(args.input).iterdir()))
+    files = (
+        [line.strip() for line in sys.stdin if line.strip()]
+        if args.input == "-"
+        else sorted(map(str, Path(args.input).iterdir()))
+    )
     run, mapping = dlib_faces() if args.tool == "dlib" else mediapipe_faces()
     kaggle = [f"{n}_{a}" for n in KAGGLE_POINTS for a in "xy"]
     ibug = [f"p{i}_{a}" for i in range(68) for a in "xy"] if args.tool == "dlib" else []
@@ -86,7 +131,10 @@ def main() -> None:
                 extra = points.reshape(-1).round(3).tolist() if ibug else []
                 writer.writerow([name, index, "ok", "", *fifteen.reshape(-1).round(3).tolist(), *extra])
     seconds = time.perf_counter() - started
-    print(f"{args.tool}: {len(files)} images in {seconds:.1f} s = {len(files) / seconds:.1f} images/s (one process)", file=sys.stderr)
+    print(
+        f"{args.tool}: {len(files)} images in {seconds:.1f} s = {len(files) / seconds:.1f} images/s (one process)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

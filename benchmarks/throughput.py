@@ -54,8 +54,14 @@ def make_inputs(source: Path, count: int, folder: Path) -> Path:
 def pipeline_rate(predictor: Predictor, folder: Path, options: PredictOptions) -> float:
     """Images/s through the DataLoader stage alone (decode, [detect], crop), model skipped."""
     files = discover([folder]).files
-    loader = DataLoader(ImageSource(files, predictor.spec, options), batch_size=options.batch_size, num_workers=options.workers,
-                        collate_fn=collate_images, worker_init_fn=_worker_init, prefetch_factor=4 if options.workers else None)
+    loader = DataLoader(
+        ImageSource(files, predictor.spec, options),
+        batch_size=options.batch_size,
+        num_workers=options.workers,
+        collate_fn=collate_images,
+        worker_init_fn=_worker_init,
+        prefetch_factor=4 if options.workers else None,
+    )
     started = time.perf_counter()
     for _ in loader:
         pass
@@ -99,7 +105,22 @@ def _tree_memory_kb(root: int) -> int:
 
 def _run_predict(folder: Path, weights: Path, extra: list[str]) -> tuple[float, int]:
     """Wall-clock seconds and peak PSS (kB, sampled over the process tree) of one predict run."""
-    command = [sys.executable, "-m", "fkpbatch", "predict", str(folder), "-o", os.devnull, "--format", "csv", "--overwrite", "--quiet", "--weights", str(weights), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "fkpbatch",
+        "predict",
+        str(folder),
+        "-o",
+        os.devnull,
+        "--format",
+        "csv",
+        "--overwrite",
+        "--quiet",
+        "--weights",
+        str(weights),
+        *extra,
+    ]
     peak = 0
     started = time.perf_counter()
     process = subprocess.Popen(command)
@@ -119,22 +140,32 @@ def _run_predict(folder: Path, weights: Path, extra: list[str]) -> tuple[float, 
     return time.perf_counter() - started, peak
 
 
-def end_to_end(folder: Path, quarter: Path, count: int, weights: Path, extra: list[str], quarter_count: int | None = None) -> dict:
+def end_to_end(
+    folder: Path, quarter: Path, count: int, weights: Path, extra: list[str], quarter_count: int | None = None
+) -> dict:
     """Run the real CLI on all images and on a quarter of them: images/s by the wall clock
     (start-up included) and the steady rate the difference gives (what long runs approach)."""
     seconds, peak = _run_predict(folder, weights, extra)
     quarter_seconds, _ = _run_predict(quarter, weights, extra)
     quarter_count = count // 4 if quarter_count is None else quarter_count
     steady = (count - quarter_count) / max(1e-9, seconds - quarter_seconds)
-    return {"images_per_s": round(count / seconds, 1), "seconds": round(seconds, 1), "steady_images_per_s": round(steady, 1),
-            "start_up_s": round(seconds - count / steady, 1), "peak_memory_pss_mb": round(peak / 1024, 1)}
+    return {
+        "images_per_s": round(count / seconds, 1),
+        "seconds": round(seconds, 1),
+        "steady_images_per_s": round(steady, 1),
+        "start_up_s": round(seconds - count / steady, 1),
+        "peak_memory_pss_mb": round(peak / 1024, 1),
+    }
 
 
 def baseline(python: str, tool: str, folder: Path, count: int) -> dict:
     """Another tool (benchmarks/baselines.py, one process) on the same images, by wall clock."""
     started = time.perf_counter()
-    subprocess.run([python, str(REPO / "benchmarks" / "baselines.py"), tool, str(folder), "-o", os.devnull], check=True,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [python, str(REPO / "benchmarks" / "baselines.py"), tool, str(folder), "-o", os.devnull],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
     seconds = time.perf_counter() - started
     return {"images_per_s": round(count / seconds, 1), "seconds": round(seconds, 1)}
 
@@ -184,9 +215,17 @@ def photos_mode(args, weights: Path) -> dict:
     source = args.data / "photos"
     if not source.is_dir():
         raise SystemExit(f"needs the shared photos at {source}")
-    report = {"machine": {"cpu_cores": cpu_count(), "processor": platform.processor() or platform.machine(),
-                          "torch": torch.__version__, "python": platform.python_version(), "load_average": os.getloadavg()},
-              "workers": default_workers(), "repeats": args.repeats}
+    report = {
+        "machine": {
+            "cpu_cores": cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "load_average": os.getloadavg(),
+        },
+        "workers": default_workers(),
+        "repeats": args.repeats,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         sets = {"photos_800": derive_800(source, Path(tmp) / "p800"), "photos_full": sorted(source.iterdir())}
         for name, photos in sets.items():
@@ -198,7 +237,9 @@ def photos_mode(args, weights: Path) -> dict:
             entry = {"photos": len(photos), "images": count}
             entry["bare_detector_full_resolution"] = bare_detector_rate(photos * max(1, args.repeats // 2), 1600)
             for label, extra in (("predict", []), ("predict_passes_two", ["--passes", "two"])):
-                runs = end_to_end(folder, quarter, count, weights, extra, quarter_count=len(photos) * max(1, args.repeats // 4))
+                runs = end_to_end(
+                    folder, quarter, count, weights, extra, quarter_count=len(photos) * max(1, args.repeats // 4)
+                )
                 entry[label] = runs
                 bare = entry["bare_detector_full_resolution"]["images_per_s"]
                 entry[f"ratio_{label}_vs_bare"] = round(runs["images_per_s"] / bare, 2)
@@ -215,15 +256,25 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "throughput.json")
     parser.add_argument("--skip-auto", action="store_true", help="only --detect never")
-    parser.add_argument("--model-only", action="store_true", help="only (2), e.g. to compare --weights of two architectures")
-    parser.add_argument("--baselines", metavar="PYTHON", help="also time dlib and mediapipe (benchmarks/baselines.py) with this "
-                        "interpreter, one that has dlib-bin, face_recognition_models and mediapipe==0.10.14 installed")
+    parser.add_argument(
+        "--model-only", action="store_true", help="only (2), e.g. to compare --weights of two architectures"
+    )
+    parser.add_argument(
+        "--baselines",
+        metavar="PYTHON",
+        help="also time dlib and mediapipe (benchmarks/baselines.py) with this "
+        "interpreter, one that has dlib-bin, face_recognition_models and mediapipe==0.10.14 installed",
+    )
     parser.add_argument("--photos", action="store_true", help="real photos (see above) instead of faces15")
     parser.add_argument("--repeats", type=int, default=4, help="--photos: each photo is linked this many times")
     args = parser.parse_args()
     if args.photos:
         report = photos_mode(args, args.weights)
-        out = args.json if args.json != REPO / "benchmarks" / "throughput.json" else REPO / "benchmarks" / "throughput_photos.json"
+        out = (
+            args.json
+            if args.json != REPO / "benchmarks" / "throughput.json"
+            else REPO / "benchmarks" / "throughput_photos.json"
+        )
         out.write_text(json.dumps(report, indent=2) + "\n")
         return
     source = args.data / "faces15" / "images"
@@ -232,31 +283,55 @@ def main() -> None:
     predictor = Predictor.load(args.weights, "auto")
     options = PredictOptions(detect="never")
     report = {
-        "machine": {"cpu_cores": cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "device": str(predictor.device), "torch": torch.__version__, "python": platform.python_version()},
-        "images": args.images, "workers": default_workers(), "batch_size": options.batch_size,
+        "machine": {
+            "cpu_cores": cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "device": str(predictor.device),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "images": args.images,
+        "workers": default_workers(),
+        "batch_size": options.batch_size,
     }
     if args.model_only:
-        print(json.dumps({"weights": str(args.weights), "model_only": round(model_rate(predictor, options.batch_size), 1),
-                          "runtime": "torch" if predictor.onnx is None else "onnxruntime"}))
+        print(
+            json.dumps(
+                {
+                    "weights": str(args.weights),
+                    "model_only": round(model_rate(predictor, options.batch_size), 1),
+                    "runtime": "torch" if predictor.onnx is None else "onnxruntime",
+                }
+            )
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_inputs(source, args.images, Path(tmp) / "all")
         quarter = make_inputs(source, args.images // 4, Path(tmp) / "quarter")
         report["decode_crop_only"] = round(pipeline_rate(predictor, folder, options), 1)
         report["model_only"] = round(model_rate(predictor, options.batch_size), 1)
-        report["end_to_end_detect_never"] = end_to_end(folder, quarter, args.images, args.weights, ["--detect", "never"])
+        report["end_to_end_detect_never"] = end_to_end(
+            folder, quarter, args.images, args.weights, ["--detect", "never"]
+        )
         bound = min(report["decode_crop_only"], report["model_only"])
         report["ratio_never_vs_min_stage"] = round(report["end_to_end_detect_never"]["images_per_s"] / bound, 3)
-        report["steady_ratio_never_vs_min_stage"] = round(report["end_to_end_detect_never"]["steady_images_per_s"] / bound, 3)
+        report["steady_ratio_never_vs_min_stage"] = round(
+            report["end_to_end_detect_never"]["steady_images_per_s"] / bound, 3
+        )
         if not args.skip_auto:
-            report["decode_detect_crop_only"] = round(pipeline_rate(predictor, folder, PredictOptions(detect="auto")), 1)
+            report["decode_detect_crop_only"] = round(
+                pipeline_rate(predictor, folder, PredictOptions(detect="auto")), 1
+            )
             report["end_to_end_detect_auto"] = end_to_end(folder, quarter, args.images, args.weights, [])
-            report["ratio_auto_vs_detect_stage"] = round(report["end_to_end_detect_auto"]["images_per_s"] / report["decode_detect_crop_only"], 3)
+            report["ratio_auto_vs_detect_stage"] = round(
+                report["end_to_end_detect_auto"]["images_per_s"] / report["decode_detect_crop_only"], 3
+            )
         for tool in ("dlib", "mediapipe") if args.baselines else ():
             report[f"baseline_{tool}"] = baseline(args.baselines, tool, folder, args.images)
             if "end_to_end_detect_auto" in report:
-                report[f"ratio_auto_vs_{tool}"] = round(report["end_to_end_detect_auto"]["images_per_s"] / report[f"baseline_{tool}"]["images_per_s"], 2)
+                report[f"ratio_auto_vs_{tool}"] = round(
+                    report["end_to_end_detect_auto"]["images_per_s"] / report[f"baseline_{tool}"]["images_per_s"], 2
+                )
     print(json.dumps(report, indent=2))
     args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -10,9 +10,9 @@ import heapq
 import html
 import io
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -47,9 +47,17 @@ def annotation_path(name: str, root: Path) -> Path | None:
     return target
 
 
-def draw_result(result: ImageResult, keypoints: tuple[str, ...], root: Path, drawn: set[str] | None = None, *,
-                sheet: ContactSheet | None = None, overwrite: bool = False, inputs=(),
-                quiet_if_exists: bool = False) -> str | None:
+def draw_result(
+    result: ImageResult,
+    keypoints: tuple[str, ...],
+    root: Path,
+    drawn: set[str] | None = None,
+    *,
+    sheet: ContactSheet | None = None,
+    overwrite: bool = False,
+    inputs=(),
+    quiet_if_exists: bool = False,
+) -> str | None:
     """Write the annotated picture of ``result`` with the keypoints named in ``drawn`` (default
     all), and add its faces to ``sheet``; returns a warning instead of raising. An existing file
     is replaced only with ``overwrite``, and never when it is one of ``inputs`` (``os.stat``
@@ -89,8 +97,9 @@ def is_doubtful(face: FaceResult) -> bool:
     return face.quality is not None and face.quality < DOUBTFUL_QUALITY
 
 
-def draw_faces(image: Image.Image, faces: list[FaceResult], keypoints: tuple[str, ...] | None = None,
-               drawn: set[str] | None = None) -> Image.Image:
+def draw_faces(
+    image: Image.Image, faces: list[FaceResult], keypoints: tuple[str, ...] | None = None, drawn: set[str] | None = None
+) -> Image.Image:
     """Draw each face's box, label (:func:`face_label`) and keypoints on ``image``, in place.
 
     Sizes follow each face, not the picture: a point's radius is 1/90 of the box side (1/150
@@ -110,8 +119,14 @@ def draw_faces(image: Image.Image, faces: list[FaceResult], keypoints: tuple[str
     return image
 
 
-def _label(draw: ImageDraw.ImageDraw, size: tuple[int, int], at: tuple[float, float], text: str, height: int,
-           colour: tuple[int, int, int]) -> None:
+def _label(
+    draw: ImageDraw.ImageDraw,
+    size: tuple[int, int],
+    at: tuple[float, float],
+    text: str,
+    height: int,
+    colour: tuple[int, int, int],
+) -> None:
     """``text`` on a filled tag at the box's top-left corner (above it when there is room)."""
     font = _font(height)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
@@ -197,12 +212,14 @@ class ContactSheet:
             name = html.escape(entry.image)
             src = "data:image/jpeg;base64," + base64.b64encode(entry.thumbnail).decode("ascii")
             caption = f'<a href="{html.escape(link)}">{name}</a>' if link else name
-            tiles.append(f'<figure{css}><img src="{src}" alt="{name} face {entry.face}">'
-                         f"<figcaption><b>{quality}</b> face {entry.face}<br>{caption}</figcaption></figure>")
+            tiles.append(
+                f'<figure{css}><img src="{src}" alt="{name} face {entry.face}">'
+                f"<figcaption><b>{quality}</b> face {entry.face}<br>{caption}</figcaption></figure>"
+            )
         shown = len(tiles)
         more = f" (the {shown} lowest-quality faces shown)" if shown < self.faces_seen else ""
         return (
-            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>fkpbatch faces by quality</title><style>"
+            '<!doctype html>\n<html><head><meta charset="utf-8"><title>fkpbatch faces by quality</title><style>'
             "body{font:13px sans-serif;margin:1em}figure{display:inline-block;margin:4px;width:%dpx;vertical-align:top}"
             "img{display:block;width:%dpx;height:%dpx;object-fit:contain;background:#222}"
             "figcaption{overflow-wrap:anywhere}.doubtful figcaption b{color:#c00}"
@@ -232,5 +249,5 @@ class _Largest:
     def __init__(self, entry: SheetFace):
         self.entry = entry
 
-    def __lt__(self, other: "_Largest") -> bool:
+    def __lt__(self, other: _Largest) -> bool:
         return self.entry.sort_key > other.entry.sort_key

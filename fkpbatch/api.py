@@ -5,8 +5,9 @@ returns a pandas DataFrame with exactly the CSV's columns. For streaming and typ
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from .errors import UsageError
 from .keypoints import IBUG_POINTS
@@ -63,14 +64,25 @@ def predict(
     from .writers import results_frame
 
     points = Points.parse(points, "points")
-    options = PredictOptions(detect=detect, faces=faces, min_score=min_score, min_face=min_face, max_pixels=max_pixels,
-                             batch_size=batch_size, **({} if workers is None else {"workers": workers}))
+    options = PredictOptions(
+        detect=detect,
+        faces=faces,
+        min_score=min_score,
+        min_face=min_face,
+        max_pixels=max_pixels,
+        batch_size=batch_size,
+        **({} if workers is None else {"workers": workers}),
+    )
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) or _is_image(inputs) else list(inputs)
     images = [_is_image(item) for item in items]
     if any(images) and not all(images):
         raise UsageError("give either paths or in-memory images in one call, not both")
-    predictor = Predictor.load(weights, Device.parse(device, "device"), Runtime.parse(runtime, "runtime"),
-                               model=None if model is None else Model.parse(model, "model"))
+    predictor = Predictor.load(
+        weights,
+        Device.parse(device, "device"),
+        Runtime.parse(runtime, "runtime"),
+        model=None if model is None else Model.parse(model, "model"),
+    )
     if points == Points.ibug68 and not set(IBUG_POINTS) <= set(predictor.keypoints):
         raise UsageError("points='68': these weights predict the 15 Kaggle points only")
     if items and all(images):

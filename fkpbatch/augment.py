@@ -27,9 +27,7 @@ class TrainAugment:
         self.vflip = vflip
         self.generator = generator
         self.brightness = v2.ColorJitter(brightness=0.4, contrast=0.3 if strong else 0.0)
-        self.geometry = (
-            v2.RandomAffine(degrees=25, translate=(0.06, 0.06), scale=(0.85, 1.15)) if strong else None
-        )
+        self.geometry = v2.RandomAffine(degrees=25, translate=(0.06, 0.06), scale=(0.85, 1.15)) if strong else None
 
     def _coin(self) -> bool:
         return bool(torch.rand((), generator=self.generator) < 0.5)
@@ -45,9 +43,7 @@ class TrainAugment:
         if self.geometry is not None:
             size = image.shape[-1]
             missing = torch.isnan(unit_points)
-            points = tv_tensors.KeyPoints(
-                torch.nan_to_num(unit_points * size - 0.5, nan=0.0), canvas_size=(size, size)
-            )
+            points = tv_tensors.KeyPoints(torch.nan_to_num(unit_points * size - 0.5, nan=0.0), canvas_size=(size, size))
             image, points = self.geometry(tv_tensors.Image(image), points)
             unit_points = (points.as_subclass(torch.Tensor) + 0.5) / size
             unit_points[missing] = float("nan")

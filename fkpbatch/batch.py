@@ -60,21 +60,41 @@ class Summary:
 
     def line(self) -> str:
         done = f", {self.resumed} already done (resumed)" if self.resumed else ""
-        return (f"{self.images} images, {self.faces} faces, {self.no_face} without a face, {self.errors} errors, "
-                f"{self.skipped} skipped (not images or hidden){done}; {self.rate:.1f} images/s")
+        return (
+            f"{self.images} images, {self.faces} faces, {self.no_face} without a face, {self.errors} errors, "
+            f"{self.skipped} skipped (not images or hidden){done}; {self.rate:.1f} images/s"
+        )
 
 
-def run_parameters(predictor: Predictor, request: BatchRequest, options: PredictOptions, fmt: str,
-                   shard: tuple[int, int] | None) -> dict:
+def run_parameters(
+    predictor: Predictor, request: BatchRequest, options: PredictOptions, fmt: str, shard: tuple[int, int] | None
+) -> dict:
     """Everything that changes what an output holds: a resumed run must use the same values."""
-    return {"format": fmt, "points": request.points, "model": model_fingerprint(predictor.model, predictor.spec),
-            "detect": options.detect, "faces": options.faces, "min_score": options.min_score,
-            "min_face": options.min_face, "max_pixels": options.max_pixels, "passes": str(options.passes),
-            "unsure_score": options.unsure_score, "raw_names": request.raw_names and fmt == "csv", "shard": f"{shard[0]}/{shard[1]}" if shard else None}
+    return {
+        "format": fmt,
+        "points": request.points,
+        "model": model_fingerprint(predictor.model, predictor.spec),
+        "detect": options.detect,
+        "faces": options.faces,
+        "min_score": options.min_score,
+        "min_face": options.min_face,
+        "max_pixels": options.max_pixels,
+        "passes": str(options.passes),
+        "unsure_score": options.unsure_score,
+        "raw_names": request.raw_names and fmt == "csv",
+        "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+    }
 
 
-def _open_output(request: BatchRequest, fmt: str, params: dict, columns: list[str], inputs: InputIdentities,
-                 stack: ExitStack, summary_warnings: list[str]) -> Existing | None:
+def _open_output(
+    request: BatchRequest,
+    fmt: str,
+    params: dict,
+    columns: list[str],
+    inputs: InputIdentities,
+    stack: ExitStack,
+    summary_warnings: list[str],
+) -> Existing | None:
     """Lock the output, then check it (nothing is changed before every check passed): an existing
     file needs --overwrite (never an input) or --resume (never a foreign or different file)."""
     out = Path(request.out)
@@ -135,8 +155,10 @@ def run_batch(
         todo = [f for f in files if f.name not in done]
         summary.resumed = len(files) - len(todo)
         if existing and existing.dropped and existing.dropped not in {f.name for f in todo}:
-            summary.warnings.append(f"{existing.dropped}: its rows ended the output of a run that was stopped, maybe "
-                                    "incomplete, so they were removed; it is not among this run's inputs")
+            summary.warnings.append(
+                f"{existing.dropped}: its rows ended the output of a run that was stopped, maybe "
+                "incomplete, so they were removed; it is not among this run's inputs"
+            )
         if request.annotate is not None:
             request.annotate.mkdir(parents=True, exist_ok=True)
         sheet = ContactSheet() if request.annotate is not None else None
@@ -144,9 +166,17 @@ def run_batch(
             on_start(len(todo))
         drawn = set(points_for(request.points))
         started = time.perf_counter()
-        writer = ResultWriter(request.out, fmt, predictor.spec.keypoints, request.points, overwrite=request.overwrite,
-                              resume_fd=existing.fd if existing else None, keep=existing.keep if existing else 0,
-                              objects=existing.objects if existing else None, safe=not request.raw_names)
+        writer = ResultWriter(
+            request.out,
+            fmt,
+            predictor.spec.keypoints,
+            request.points,
+            overwrite=request.overwrite,
+            resume_fd=existing.fd if existing else None,
+            keep=existing.keep if existing else 0,
+            objects=existing.objects if existing else None,
+            safe=not request.raw_names,
+        )
         pending: list = []
         try:
             try:
@@ -154,9 +184,16 @@ def run_batch(
                     pending.append(result)
                     _count(summary, result)
                     if request.annotate is not None and result.faces:
-                        warning = draw_result(result, predictor.spec.keypoints, request.annotate, drawn,
-                                              sheet=sheet, overwrite=request.overwrite, inputs=inputs,
-                                              quiet_if_exists=request.resume)
+                        warning = draw_result(
+                            result,
+                            predictor.spec.keypoints,
+                            request.annotate,
+                            drawn,
+                            sheet=sheet,
+                            overwrite=request.overwrite,
+                            inputs=inputs,
+                            quiet_if_exists=request.resume,
+                        )
                         if warning:
                             summary.warnings.append(warning)
                     if len(pending) >= options.batch_size:

@@ -63,14 +63,21 @@ class ModelSpec:
         scale = _number(framing.get("scale", Framing.scale), "framing scale")
         shift = _number(framing.get("shift", Framing.shift), "framing shift", positive=False)
         pixel_scale = _number(data.get("pixel_scale", 255.0), "pixel_scale")
-        return cls(arch=arch, keypoints=tuple(keypoints), input_size=int(input_size), framing=Framing(scale, shift),
-                   pixel_scale=pixel_scale)
+        return cls(
+            arch=arch,
+            keypoints=tuple(keypoints),
+            input_size=int(input_size),
+            framing=Framing(scale, shift),
+            pixel_scale=pixel_scale,
+        )
 
     def build(self) -> nn.Module:
         return create_model(self.arch, num_keypoints=len(self.keypoints))
 
 
-def save_checkpoint(path: Path, spec: ModelSpec, model: nn.Module, *, overwrite: bool = True, inputs=(), **extra) -> None:
+def save_checkpoint(
+    path: Path, spec: ModelSpec, model: nn.Module, *, overwrite: bool = True, inputs=(), **extra
+) -> None:
     """Write atomically (exclusive temp file + fsync + rename), so a crash mid-write leaves the
     previous file intact, a link is replaced rather than written through, and ``inputs`` (e.g.
     the training data or the --init weights) are never replaced."""
@@ -87,7 +94,9 @@ def _number(value, key: str, *, integer: bool = False, positive: bool = True) ->
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or (positive and value <= 0):
         wanted = "a positive " if positive else "a finite "
-        raise WeightsError(f"checkpoint spec: {key} must be {wanted}{'integer' if integer else 'number'}, not {value!r}")
+        raise WeightsError(
+            f"checkpoint spec: {key} must be {wanted}{'integer' if integer else 'number'}, not {value!r}"
+        )
     return float(value)
 
 
@@ -117,15 +126,23 @@ def load_model(path: Path | str) -> tuple[nn.Module, ModelSpec]:
         weights = payload["model"]
         if not isinstance(weights, dict):
             raise TypeError("its weights are not a state dict")
-        bad = [k for k, v in weights.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = [
+            k
+            for k, v in weights.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+        ]
         if bad:
-            raise WeightsError(f"{path}: weights hold NaN or infinite values ({bad[0]}{' ...' if len(bad) > 1 else ''}); "
-                               "the training diverged; use an earlier checkpoint")
+            raise WeightsError(
+                f"{path}: weights hold NaN or infinite values ({bad[0]}{' ...' if len(bad) > 1 else ''}); "
+                "the training diverged; use an earlier checkpoint"
+            )
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     except FkpError as exc:
         raise WeightsError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
     except (KeyError, TypeError, RuntimeError, ValueError, AttributeError) as exc:
-        raise WeightsError(f"{path}: checkpoint does not match its architecture ({str(exc).splitlines()[0][:160]})") from None
+        raise WeightsError(
+            f"{path}: checkpoint does not match its architecture ({str(exc).splitlines()[0][:160]})"
+        ) from None
     _dry_run(model.eval(), spec, path)
     return model, spec
 
@@ -138,7 +155,9 @@ def _dry_run(model: nn.Module, spec: ModelSpec, path) -> None:
         out = model(torch.zeros(1, 1, spec.input_size, spec.input_size))
         keypoints = out["keypoints"]
     except Exception as exc:  # noqa: BLE001 - any failure here means the checkpoint is unusable
-        raise WeightsError(f"{path}: {spec.arch} cannot run at input size {spec.input_size} "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+        raise WeightsError(
+            f"{path}: {spec.arch} cannot run at input size {spec.input_size} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+        ) from None
     if tuple(keypoints.shape) != (1, len(spec.keypoints), 2) or not torch.isfinite(keypoints).all():
         raise WeightsError(f"{path}: the model gives no finite keypoints at input size {spec.input_size}")

@@ -14,7 +14,20 @@ from rich.table import Table
 
 from . import __version__, interrupts
 from .errors import FkpError
-from .options import Augment, Detect, Device, Engine, Faces, Format, Model, Passes, Points, PredictOptions, Recipe, Runtime
+from .options import (
+    Augment,
+    Detect,
+    Device,
+    Engine,
+    Faces,
+    Format,
+    Model,
+    Passes,
+    Points,
+    PredictOptions,
+    Recipe,
+    Runtime,
+)
 from .zoo import DEFAULT_MODEL, SHIPPED_MODELS, resolve_weights
 
 app = typer.Typer(
@@ -32,18 +45,25 @@ WeightsOption = Annotated[
 ]
 ModelOption = Annotated[
     Optional[Model],
-    typer.Option(help=f"Shipped model (default {DEFAULT_MODEL}; see 'fkpbatch models'). Not with --weights.",
-                 show_default=False),
+    typer.Option(
+        help=f"Shipped model (default {DEFAULT_MODEL}; see 'fkpbatch models'). Not with --weights.", show_default=False
+    ),
 ]
 DeviceOption = Annotated[Device, typer.Option(help="auto = CUDA if available, else MPS, else CPU.")]
-WorkersOption = Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: min(4, cores)).", min=0)]
+WorkersOption = Annotated[
+    Optional[int], typer.Option(help="DataLoader worker processes (default: min(4, cores)).", min=0)
+]
 BatchOption = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.", min=1)]
 RuntimeOption = Annotated[Runtime, typer.Option(help="auto = onnxruntime on the CPU, PyTorch on a GPU.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr (settings, all warnings).")]
-DetectOption = Annotated[Detect, typer.Option(
-    help="auto: detect faces; an image <= 400 px with none found is taken as one tight face crop. always: detect only. "
-         "never: the whole image is one face (Kaggle-style crops).")]
+DetectOption = Annotated[
+    Detect,
+    typer.Option(
+        help="auto: detect faces; an image <= 400 px with none found is taken as one tight face crop. always: detect only. "
+        "never: the whole image is one face (Kaggle-style crops)."
+    ),
+]
 
 
 def _value(choice):
@@ -78,16 +98,27 @@ def _say(message: str) -> None:
 
 
 @app.callback()
-def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False):
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+):
     """fkpbatch: facial keypoints for folders of face photos."""
 
 
 @app.command()
 def predict(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Image files and folders (folders are walked recursively).", show_default=False)] = None,
+    paths: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="Image files and folders (folders are walked recursively).", show_default=False),
+    ] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Output file; '-' = stdout.")] = "-",
-    fmt: Annotated[Optional[Format], typer.Option(
-        "--format", "-f", help="Default: from the -o extension; CSV on stdout. parquet: --engine ray only.")] = None,
+    fmt: Annotated[
+        Optional[Format],
+        typer.Option(
+            "--format", "-f", help="Default: from the -o extension; CSV on stdout. parquet: --engine ray only."
+        ),
+    ] = None,
     from_list: Annotated[Optional[str], typer.Option(help="File with one path per line ('-' = stdin).")] = None,
     recursive: Annotated[bool, typer.Option(help="Walk folders recursively.")] = True,
     model: ModelOption = None,
@@ -98,31 +129,67 @@ def predict(
     workers: WorkersOption = None,
     detect: DetectOption = PredictOptions.detect,
     faces: Annotated[Faces, typer.Option(help="largest = one face per image.")] = PredictOptions.faces,
-    min_score: Annotated[float, typer.Option(
-        help="Minimum face detection score.", min=0.0, max=1.0)] = PredictOptions.min_score,
-    min_face: Annotated[int, typer.Option(
-        help="Ignore detected faces smaller than this (box side, pixels).", min=0)] = PredictOptions.min_face,
-    passes: Annotated[Passes, typer.Option(
-        help="Detector passes on large photos: auto = a 480-px pass, and a finer one (up to 1600 px) only where "
-             "small faces are likely; one; two = always both.")] = PredictOptions.passes,
-    unsure_score: Annotated[float, typer.Option(
-        help="A detection scored below this whose keypoint quality is under 0.2 is not a face when the picture "
-             "holds a clear face at a similar scale (a painting, the back of a head); 0 keeps them all.",
-        min=0.0, max=1.0)] = PredictOptions.unsure_score,
-    max_pixels: Annotated[int, typer.Option(
-        help="Refuse images with more pixels (decompression bombs) as error rows.", min=1)] = PredictOptions.max_pixels,
-    points: Annotated[Points, typer.Option(
-        help="15 = the Kaggle keypoints; 68 adds the iBUG p0_x..p67_y columns.")] = Points.kaggle15,
-    annotate: Annotated[Optional[Path], typer.Option(help="Write annotated copies of the images under this folder.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file (and existing annotated copies).")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run with the same options: skip images already in -o FILE, append the rest.")] = False,
-    raw_names: Annotated[bool, typer.Option(help="CSV: write text cells as they are; by default a cell starting with = + - @ ' tab or CR gets a leading ' so spreadsheets never run it as a formula.")] = False,
-    shard: Annotated[Optional[str], typer.Option(help="K/N: process only shard K (0-based) of N, for job arrays.")] = None,
+    min_score: Annotated[
+        float, typer.Option(help="Minimum face detection score.", min=0.0, max=1.0)
+    ] = PredictOptions.min_score,
+    min_face: Annotated[
+        int, typer.Option(help="Ignore detected faces smaller than this (box side, pixels).", min=0)
+    ] = PredictOptions.min_face,
+    passes: Annotated[
+        Passes,
+        typer.Option(
+            help="Detector passes on large photos: auto = a 480-px pass, and a finer one (up to 1600 px) only where "
+            "small faces are likely; one; two = always both."
+        ),
+    ] = PredictOptions.passes,
+    unsure_score: Annotated[
+        float,
+        typer.Option(
+            help="A detection scored below this whose keypoint quality is under 0.2 is not a face when the picture "
+            "holds a clear face at a similar scale (a painting, the back of a head); 0 keeps them all.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = PredictOptions.unsure_score,
+    max_pixels: Annotated[
+        int, typer.Option(help="Refuse images with more pixels (decompression bombs) as error rows.", min=1)
+    ] = PredictOptions.max_pixels,
+    points: Annotated[
+        Points, typer.Option(help="15 = the Kaggle keypoints; 68 adds the iBUG p0_x..p67_y columns.")
+    ] = Points.kaggle15,
+    annotate: Annotated[
+        Optional[Path], typer.Option(help="Write annotated copies of the images under this folder.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing output file (and existing annotated copies).")
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an interrupted run with the same options: skip images already in -o FILE, append the rest."
+        ),
+    ] = False,
+    raw_names: Annotated[
+        bool,
+        typer.Option(
+            help="CSV: write text cells as they are; by default a cell starting with = + - @ ' tab or CR gets a leading ' so spreadsheets never run it as a formula."
+        ),
+    ] = False,
+    shard: Annotated[
+        Optional[str], typer.Option(help="K/N: process only shard K (0-based) of N, for job arrays.")
+    ] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any file failed.")] = False,
     engine: Annotated[Engine, typer.Option(help="ray = a Ray Data job; -o is then a folder of shards.")] = Engine.local,
-    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
+    ray_address: Annotated[
+        Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray).")
+    ] = None,
     num_gpus: Annotated[float, typer.Option(help="With --engine ray: GPUs per keypoint actor.", min=0.0)] = 0.0,
-    concurrency: Annotated[int, typer.Option(help="With --engine ray: keypoint model actors (decoding runs as Ray tasks on the other CPUs).", min=1)] = 1,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            help="With --engine ray: keypoint model actors (decoding runs as Ray tasks on the other CPUs).", min=1
+        ),
+    ] = 1,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ):
@@ -133,16 +200,43 @@ def predict(
     from .shard import parse_shard
 
     with _clean_errors():
-        request = BatchRequest(paths=tuple(paths or ()), out=out, fmt=fmt, points=points, recursive=recursive,
-                               from_list=from_list, annotate=annotate, overwrite=overwrite, resume=resume,
-                               raw_names=raw_names)
-        options = PredictOptions(detect=detect, faces=faces, min_score=min_score, min_face=min_face,
-                                 max_pixels=max_pixels, batch_size=batch_size, passes=passes,
-                                 unsure_score=unsure_score, **({} if workers is None else {"workers": workers}))
+        request = BatchRequest(
+            paths=tuple(paths or ()),
+            out=out,
+            fmt=fmt,
+            points=points,
+            recursive=recursive,
+            from_list=from_list,
+            annotate=annotate,
+            overwrite=overwrite,
+            resume=resume,
+            raw_names=raw_names,
+        )
+        options = PredictOptions(
+            detect=detect,
+            faces=faces,
+            min_score=min_score,
+            min_face=min_face,
+            max_pixels=max_pixels,
+            batch_size=batch_size,
+            passes=passes,
+            unsure_score=unsure_score,
+            **({} if workers is None else {"workers": workers}),
+        )
         shard_spec = parse_shard(shard) if shard else None
         weights = resolve_weights(weights, model)
-        _check_engine_options(engine, annotate=annotate, resume=resume, shard=shard, strict=strict, overwrite=overwrite,
-                              workers=workers, ray_address=ray_address, num_gpus=num_gpus, concurrency=concurrency)
+        _check_engine_options(
+            engine,
+            annotate=annotate,
+            resume=resume,
+            shard=shard,
+            strict=strict,
+            overwrite=overwrite,
+            workers=workers,
+            ray_address=ray_address,
+            num_gpus=num_gpus,
+            concurrency=concurrency,
+        )
         if engine == Engine.ray:
             _predict_with_ray(request, options, weights, device, runtime, ray_address, num_gpus, concurrency, quiet)
             return
@@ -152,13 +246,21 @@ def predict(
                 if verbose and not quiet:
                     spec = predictor.spec
                     runner = "onnxruntime" if predictor.onnx is not None else "PyTorch"
-                    _say(f"model {weights} ({spec.arch}, {len(spec.keypoints)} points, {spec.input_size} px) "
-                         f"on {predictor.device} in {runner}; batch {options.batch_size}, {options.workers} workers, "
-                         f"--detect {options.detect}")
+                    _say(
+                        f"model {weights} ({spec.arch}, {len(spec.keypoints)} points, {spec.input_size} px) "
+                        f"on {predictor.device} in {runner}; batch {options.batch_size}, {options.workers} workers, "
+                        f"--detect {options.detect}"
+                    )
                 progress = progress_for("predict", quiet=quiet, terminal=err.is_terminal, console=err)
                 with progress:
-                    summary = run_batch(predictor, request, options, shard=shard_spec,
-                                        on_start=progress.start, on_batch=progress.advance)
+                    summary = run_batch(
+                        predictor,
+                        request,
+                        options,
+                        shard=shard_spec,
+                        on_start=progress.start,
+                        on_batch=progress.advance,
+                    )
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, interrupts.Terminated)
             _interrupted_hint("terminated (SIGTERM)" if terminated else "interrupted", out, fmt)
@@ -171,7 +273,9 @@ def predict(
             _say(f"... and {len(summary.warnings) - len(shown)} more warnings (-v shows all)")
         _say(summary.line())
     if summary.images and summary.errors == summary.images:  # nothing usable: a broken install, not bad photos
-        err.print(f"[red]error:[/red] every image failed ({summary.errors}); the error column says why", highlight=False)
+        err.print(
+            f"[red]error:[/red] every image failed ({summary.errors}); the error column says why", highlight=False
+        )
         raise typer.Exit(1)
     if strict and summary.errors:
         raise typer.Exit(1)
@@ -182,23 +286,37 @@ def _interrupted_hint(what: str, out: str, fmt: str | None) -> None:
     import shlex
 
     if out == "-":
-        err.print(f"{what}; the rows on stdout are whole images. Standard output cannot be continued: "
-                  "run again, or write to a file with -o FILE, which --resume continues", highlight=False)
+        err.print(
+            f"{what}; the rows on stdout are whole images. Standard output cannot be continued: "
+            "run again, or write to a file with -o FILE, which --resume continues",
+            highlight=False,
+        )
         return
-    err.print(f"{what}; {out} holds whole images only. Continue with the same command plus --resume "
-              f"(and without --overwrite): fkpbatch predict ... -o {shlex.quote(out)} --resume", highlight=False)
+    err.print(
+        f"{what}; {out} holds whole images only. Continue with the same command plus --resume "
+        f"(and without --overwrite): fkpbatch predict ... -o {shlex.quote(out)} --resume",
+        highlight=False,
+    )
 
 
 def _check_engine_options(engine: str, **given) -> None:
     """Options one engine does not implement are refused (exit 2), never silently ignored."""
     if engine == "ray":
-        unsupported = {"--annotate": given["annotate"] is not None, "--resume": given["resume"],
-                       "--shard": given["shard"] is not None, "--strict": given["strict"],
-                       "--overwrite": given["overwrite"], "--workers": given["workers"] is not None}
+        unsupported = {
+            "--annotate": given["annotate"] is not None,
+            "--resume": given["resume"],
+            "--shard": given["shard"] is not None,
+            "--strict": given["strict"],
+            "--overwrite": given["overwrite"],
+            "--workers": given["workers"] is not None,
+        }
         hint = "; Ray writes a new folder of shards, decodes in Ray tasks, and its rows carry each file's status"
     else:
-        unsupported = {"--ray-address": given["ray_address"] is not None, "--num-gpus": given["num_gpus"] != 0,
-                       "--concurrency": given["concurrency"] != 1}
+        unsupported = {
+            "--ray-address": given["ray_address"] is not None,
+            "--num-gpus": given["num_gpus"] != 0,
+            "--concurrency": given["concurrency"] != 1,
+        }
         hint = " (they apply to --engine ray)"
     refused = [name for name, used in unsupported.items() if used]
     if refused:
@@ -210,45 +328,97 @@ def _predict_with_ray(request, options, weights, device, runtime, address, num_g
 
     if request.out == "-":
         raise FkpError("--engine ray writes shards into a folder: give -o DIR")
-    count = run_ray(list(request.paths), Path(request.out), weights=weights, options=options, fmt=request.fmt or "csv",
-                    points=request.points, recursive=request.recursive, from_list=request.from_list, address=address,
-                    num_gpus=num_gpus, concurrency=concurrency, device=str(device), runtime=str(runtime))
+    count = run_ray(
+        list(request.paths),
+        Path(request.out),
+        weights=weights,
+        options=options,
+        fmt=request.fmt or "csv",
+        points=request.points,
+        recursive=request.recursive,
+        from_list=request.from_list,
+        address=address,
+        num_gpus=num_gpus,
+        concurrency=concurrency,
+        device=str(device),
+        runtime=str(runtime),
+    )
     if not quiet:
         err.print(f"{count} input files processed by Ray; shards in {request.out}", highlight=False)
 
 
 @app.command()
 def train(
-    data: Annotated[Optional[list[Path]], typer.Argument(help="Kaggle training.csv and/or folder CSVs (image + keypoint columns, images beside it).", show_default=False)] = None,
-    recipe: Annotated[Optional[Recipe], typer.Option(
-        help="seed = the Kaggle notebook's (seed net, MSE, Adam 1e-3, flip+brightness); fkpnet = the shipped model's. "
-             "Default: seed for Kaggle CSVs, fkpnet otherwise.")] = None,
+    data: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="Kaggle training.csv and/or folder CSVs (image + keypoint columns, images beside it).",
+            show_default=False,
+        ),
+    ] = None,
+    recipe: Annotated[
+        Optional[Recipe],
+        typer.Option(
+            help="seed = the Kaggle notebook's (seed net, MSE, Adam 1e-3, flip+brightness); fkpnet = the shipped model's. "
+            "Default: seed for Kaggle CSVs, fkpnet otherwise."
+        ),
+    ] = None,
     arch: Annotated[Optional[str], typer.Option(help="Architecture (see 'fkpbatch models').")] = None,
     points: Annotated[Optional[Points], typer.Option(help="Keypoints to learn (68 needs p0_x..p67_y columns).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (recipe: seed 100, fkpnet 60); with --resume, the new total.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Batch size (recipe: seed 64, fkpnet 32).")] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(min=1, help="Epochs (recipe: seed 100, fkpnet 60); with --resume, the new total.")
+    ] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", "-b", min=1, help="Batch size (recipe: seed 64, fkpnet 32).")
+    ] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (recipe: seed 1e-3, fkpnet 2e-3).")] = None,
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation.", min=0.0, max=0.9)] = 0.1,
-    group_by: Annotated[Optional[str], typer.Option(help="Regex whose first group names an image's group (e.g. '^(.+)_[^_]+$' = person); groups never straddle the split.")] = None,
-    augment: Annotated[Optional[Augment], typer.Option(
-        help="seed = flip with left/right swap, brightness; strong = + rotation, scale, shift.")] = None,
-    vflip: Annotated[bool, typer.Option(help="Also flip vertically (teaches upside-down faces; off by default).")] = False,
+    group_by: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Regex whose first group names an image's group (e.g. '^(.+)_[^_]+$' = person); groups never straddle the split."
+        ),
+    ] = None,
+    augment: Annotated[
+        Optional[Augment],
+        typer.Option(help="seed = flip with left/right swap, brightness; strong = + rotation, scale, shift."),
+    ] = None,
+    vflip: Annotated[
+        bool, typer.Option(help="Also flip vertically (teaches upside-down faces; off by default).")
+    ] = False,
     input_size: Annotated[Optional[int], typer.Option(help="Model input side in pixels (recipes: 96).")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="Folder of the images of folder CSVs (default: beside the CSV).")] = None,
+    images: Annotated[
+        Optional[Path], typer.Option(help="Folder of the images of folder CSVs (default: beside the CSV).")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default runs/<timestamp>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last.pt.")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from these weights (a file, or a shipped model: fast, accurate) instead of random ones; same --arch and --points, any --input-size.")] = None,
-    label_offset: Annotated[Optional[list[str]], typer.Option(metavar="DX,DY", help="Pixels: where a CSV's labels sit relative to the pixel grid (1,1 for 1-based coordinates), once per CSV in order. Flips then keep the convention instead of blurring it.", show_default=False)] = None,
+    init: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Fine-tune: start from these weights (a file, or a shipped model: fast, accurate) instead of random ones; same --arch and --points, any --input-size."
+        ),
+    ] = None,
+    label_offset: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            metavar="DX,DY",
+            help="Pixels: where a CSV's labels sit relative to the pixel grid (1,1 for 1-based coordinates), once per CSV in order. Flips then keep the convention instead of blurring it.",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (splits, initialisation, augmentation).")] = 0,
     device: DeviceOption = Device.auto,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers.")] = 2,
     strict: Annotated[bool, typer.Option(help="Missing image files are an error, not a warning.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Start a new run in an --out folder that holds one (its files are replaced).")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start a new run in an --out folder that holds one (its files are replaced).")
+    ] = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ):
     """Train a keypoint model; writes best.pt, last.pt, metrics.jsonl/.csv, config.json and loss.png (see README)."""
-    from .train import build_config, resume_training, train as run_training
+    from .train import build_config, resume_training
+    from .train import train as run_training
 
     log = (lambda message: None) if quiet else _say
     show = not quiet and err.is_terminal
@@ -261,11 +431,25 @@ def train(
                 if not data:
                     raise FkpError("give at least one training CSV (or --resume RUN_DIR)")
                 config = build_config(
-                    tuple(str(p) for p in data), recipe=_value(recipe), arch=arch, points=_value(points), epochs=epochs,
-                    batch_size=batch_size, lr=lr, val_split=val_split, group_by=group_by, augment=_value(augment),
-                    vflip=vflip, input_size=input_size, images_dir=str(images) if images else None,
-                    init=str(init) if init else None, label_offsets=tuple(label_offset or ()), seed=seed,
-                    device=device.value, workers=workers, strict=strict,
+                    tuple(str(p) for p in data),
+                    recipe=_value(recipe),
+                    arch=arch,
+                    points=_value(points),
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    lr=lr,
+                    val_split=val_split,
+                    group_by=group_by,
+                    augment=_value(augment),
+                    vflip=vflip,
+                    input_size=input_size,
+                    images_dir=str(images) if images else None,
+                    init=str(init) if init else None,
+                    label_offsets=tuple(label_offset or ()),
+                    seed=seed,
+                    device=device.value,
+                    workers=workers,
+                    strict=strict,
                 )
                 run_dir = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
                 best = run_training(config, run_dir, overwrite=overwrite, **common)
@@ -279,11 +463,15 @@ def evaluate(
     data: Annotated[list[Path], typer.Argument(help="Labelled data: Kaggle CSV or folder CSV.", show_default=False)],
     model: ModelOption = None,
     weights: WeightsOption = None,
-    holdout: Annotated[Optional[Path], typer.Option(help="Training run folder: evaluate only the images it held out.")] = None,
+    holdout: Annotated[
+        Optional[Path], typer.Option(help="Training run folder: evaluate only the images it held out.")
+    ] = None,
     detect: DetectOption = PredictOptions.detect,
     device: DeviceOption = Device.auto,
     workers: WorkersOption = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --json file.")] = False,
 ):
     """RMSE (Kaggle 96-pixel units), NME (% of outer-eye-corner distance), failure rate, per keypoint."""
@@ -307,18 +495,25 @@ def evaluate(
         for name, value in report["per_keypoint"].items():
             table.add_row(name, f"{value:.2f}")
         console.print(table)
-        line = (f"RMSE {report['rmse']:.3f} px(96)  NME {report['nme_percent']:.2f} %  failures (NME > 10 %) {report['failure_percent']:.2f} %")
+        line = f"RMSE {report['rmse']:.3f} px(96)  NME {report['nme_percent']:.2f} %  failures (NME > 10 %) {report['failure_percent']:.2f} %"
         if "quality_vs_nme_spearman" in report:
             line += f"  quality~NME Spearman {report['quality_vs_nme_spearman']:+.2f}"
         console.print(line, highlight=False)
         if "points68" in report:
             figures = report["points68"]
-            console.print(f"68 iBUG points: NME {figures['nme_percent']:.2f} % (outer eye corners)  "
-                          f"failures {figures['failure_percent']:.2f} %", highlight=False)
+            console.print(
+                f"68 iBUG points: NME {figures['nme_percent']:.2f} % (outer eye corners)  "
+                f"failures {figures['failure_percent']:.2f} %",
+                highlight=False,
+            )
     if json_out:
         with _clean_errors():
-            write_bytes_atomic(json_out, json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n",
-                               overwrite=overwrite, inputs=inputs)
+            write_bytes_atomic(
+                json_out,
+                json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n",
+                overwrite=overwrite,
+                inputs=inputs,
+            )
 
 
 @app.command()
@@ -337,8 +532,14 @@ def submission(
 
     with _clean_errors():
         weights = resolve_weights(weights, model)
-        rows = write_submission(Predictor.load(weights, device), test_csv, lookup, out, overwrite=overwrite,
-                                inputs=[test_csv, lookup, weights])
+        rows = write_submission(
+            Predictor.load(weights, device),
+            test_csv,
+            lookup,
+            out,
+            overwrite=overwrite,
+            inputs=[test_csv, lookup, weights],
+        )
     err.print(f"wrote {rows} rows to {out}", highlight=False)
 
 
@@ -346,10 +547,20 @@ def submission(
 def merge(
     outputs: Annotated[list[Path], typer.Argument(help="Shard outputs (CSV or JSONL) of one run.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Merged output file.")],
-    check: Annotated[Optional[list[Path]], typer.Option(help="The run's inputs: report images missing from the shards.")] = None,
+    check: Annotated[
+        Optional[list[Path]], typer.Option(help="The run's inputs: report images missing from the shards.")
+    ] = None,
     recursive: Annotated[bool, typer.Option(help="Walk --check folders recursively.")] = True,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing -o file (never one of the shard outputs).")] = False,
-    shards: Annotated[Optional[int], typer.Option(min=1, help="The run's shard count N for --check (default: as predict --shard recorded it in each output's sidecar).")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing -o file (never one of the shard outputs).")
+    ] = False,
+    shards: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="The run's shard count N for --check (default: as predict --shard recorded it in each output's sidecar).",
+        ),
+    ] = None,
 ):
     """Combine shard outputs; refuse doubled images; with --check, list incomplete shards."""
     from .discover import discover
@@ -363,21 +574,34 @@ def merge(
         count = shards or recorded
         report = merge_outputs(outputs, out, expected, overwrite=overwrite, shards=count)
         if report["missing"] and count is None:
-            raise FkpError(f"{len(report['missing'])} images not in any shard output (e.g. {report['missing'][0]}), and "
-                           "the outputs do not record the shard count (no --shard in their sidecars); pass --shards N")
+            raise FkpError(
+                f"{len(report['missing'])} images not in any shard output (e.g. {report['missing'][0]}), and "
+                "the outputs do not record the shard count (no --shard in their sidecars); pass --shards N"
+            )
     err.print(f"merged {report['images']} images ({report['rows']} rows) into {out}", highlight=False)
     for shard_out, image in report["dropped"]:
-        err.print(f"[yellow]warning:[/yellow] {shard_out}: its run did not end cleanly; its last image {image} may "
-                  "lack faces and was left out (rerun that shard with --resume, then merge again)", highlight=False)
+        err.print(
+            f"[yellow]warning:[/yellow] {shard_out}: its run did not end cleanly; its last image {image} may "
+            "lack faces and was left out (rerun that shard with --resume, then merge again)",
+            highlight=False,
+        )
     if report["missing"]:
         shards = ", ".join(f"shard {k}/{count}: {n} missing" for k, n in report["incomplete_shards"].items())
-        err.print(f"[yellow]incomplete:[/yellow] {len(report['missing'])} images not in any shard output ({shards}); rerun those shards with --resume", highlight=False)
+        err.print(
+            f"[yellow]incomplete:[/yellow] {len(report['missing'])} images not in any shard output ({shards}); rerun those shards with --resume",
+            highlight=False,
+        )
         raise typer.Exit(1)
 
 
 @app.command()
 def export(
-    onnx: Annotated[Path, typer.Option(help="ONNX file to write (input: uint8 crops N x 1 x S x S; outputs: keypoints in crop units, quality).")],
+    onnx: Annotated[
+        Path,
+        typer.Option(
+            help="ONNX file to write (input: uint8 crops N x 1 x S x S; outputs: keypoints in crop units, quality)."
+        ),
+    ],
     model: ModelOption = None,
     weights: WeightsOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing ONNX file.")] = False,
@@ -390,7 +614,10 @@ def export(
         weights = resolve_weights(weights, model)
         network, spec = load_model(weights)
         export_onnx(network, spec, onnx, overwrite=overwrite, inputs=[weights])
-    err.print(f"wrote {onnx} ({spec.arch}, {len(spec.keypoints)} keypoints, input {spec.input_size}x{spec.input_size} uint8)", highlight=False)
+    err.print(
+        f"wrote {onnx} ({spec.arch}, {len(spec.keypoints)} keypoints, input {spec.input_size}x{spec.input_size} uint8)",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -398,9 +625,17 @@ def models():
     """List the shipped models (for --model) with their size, speed and accuracy, and the registered architectures."""
     from .models import list_models
 
-    rows = [(f"{m.name} (default)" if m.name == DEFAULT_MODEL else m.name, m.file, f"{m.input_size} px",
-             f"{m.faces_per_s} faces/s", f"NME {m.nme_faces15:.2f} % / {m.nme_helen:.2f} %", m.summary)
-            for m in SHIPPED_MODELS.values()]
+    rows = [
+        (
+            f"{m.name} (default)" if m.name == DEFAULT_MODEL else m.name,
+            m.file,
+            f"{m.input_size} px",
+            f"{m.faces_per_s} faces/s",
+            f"NME {m.nme_faces15:.2f} % / {m.nme_helen:.2f} %",
+            m.summary,
+        )
+        for m in SHIPPED_MODELS.values()
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     typer.echo("Shipped models (--model NAME). Speed: model alone, batch 64, 2-core CPU; NME: held-out faces15 /")
     typer.echo("HELEN; figures from the model card, weights/README.md.")

@@ -42,7 +42,9 @@ class TrainConfig:
         """Normalise what the CLI (strings 'DX,DY') and config.json (lists) give, in one place."""
         offsets = tuple(parse_label_offset(value) for value in self.label_offsets)
         if offsets and len(offsets) != len(self.data):
-            raise UsageError(f"give --label-offset once per training CSV ({len(self.data)}), or not at all; got {len(offsets)}")
+            raise UsageError(
+                f"give --label-offset once per training CSV ({len(self.data)}), or not at all; got {len(offsets)}"
+            )
         object.__setattr__(self, "data", tuple(self.data))
         object.__setattr__(self, "label_offsets", offsets)
 

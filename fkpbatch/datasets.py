@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .augment import TrainAugment
 from .decode import load_image
 from .errors import DataError, DecodeError
 from .keypoints import KAGGLE_POINTS, coordinate_columns
-from .augment import TrainAugment
-from .transforms import FRAMING_POINTS, Box, Framing, box_from_points, crop_face, to_unit, to_uint8_tensor
+from .transforms import FRAMING_POINTS, Box, Framing, box_from_points, crop_face, to_uint8_tensor, to_unit
 
 KAGGLE_SIZE = 96
 
@@ -54,12 +54,16 @@ def _coordinates(frame: pd.DataFrame, path: Path, keypoints: tuple[str, ...]) ->
     columns = coordinate_columns(keypoints)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: missing keypoint columns {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        raise DataError(
+            f"{path}: missing keypoint columns {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
+        )
     values = frame[columns].apply(pd.to_numeric, errors="coerce")
     bad = values.isna() & frame[columns].notna()
     if bad.to_numpy().any():
         row, col = np.argwhere(bad.to_numpy())[0]
-        raise DataError(f"{path}, line {row + 2}: column {columns[col]} is not a number: {frame[columns[col]].iloc[row]!r}")
+        raise DataError(
+            f"{path}, line {row + 2}: column {columns[col]} is not a number: {frame[columns[col]].iloc[row]!r}"
+        )
     return values.to_numpy(np.float64).reshape(len(frame), len(keypoints), 2)
 
 
@@ -70,7 +74,9 @@ def parse_kaggle_pixels(text: str, path: Path, line: int) -> np.ndarray:
     except ValueError:
         raise DataError(f"{path}, line {line}: Image holds a value that is not a number") from None
     if values.size != KAGGLE_SIZE * KAGGLE_SIZE:
-        raise DataError(f"{path}, line {line}: Image has {values.size} pixel values, expected {KAGGLE_SIZE * KAGGLE_SIZE} (96x96)")
+        raise DataError(
+            f"{path}, line {line}: Image has {values.size} pixel values, expected {KAGGLE_SIZE * KAGGLE_SIZE} (96x96)"
+        )
     if values.min() < 0 or values.max() > 255:
         raise DataError(f"{path}, line {line}: Image pixel values must lie in 0..255")
     return values.reshape(KAGGLE_SIZE, KAGGLE_SIZE).astype(np.uint8)
@@ -88,7 +94,13 @@ def load_kaggle_csv(path: Path, *, with_labels: bool = True) -> FaceTable:
 
 
 def load_folder_csv(
-    path: Path, keypoints: tuple[str, ...], images_dir: Path | None = None, *, strict: bool = False, warn=print, decode: bool = True
+    path: Path,
+    keypoints: tuple[str, ...],
+    images_dir: Path | None = None,
+    *,
+    strict: bool = False,
+    warn=print,
+    decode: bool = True,
 ) -> FaceTable:
     """A CSV with ``image`` + keypoint columns in original pixels; images beside the CSV or in
     ``images/`` under it (or ``images_dir``). ``decode=False`` only checks that the files exist."""

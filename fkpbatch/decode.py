@@ -25,7 +25,9 @@ def load_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     return load_reduced(path, max_pixels)[0]
 
 
-def load_reduced(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+def load_reduced(
+    path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
     """:func:`load_image`, but a JPEG whose longest side is at least twice ``min_side`` is decoded at
     1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's ``draft``: 3-10x less work) with its longest
     side still >= ``min_side``. Returns the picture and the upright size of the full-resolution image

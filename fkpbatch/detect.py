@@ -4,9 +4,9 @@ boxes, scores and five landmarks in the searched image's pixels, unrounded."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -52,7 +52,7 @@ class Candidates:
     scores: np.ndarray
     points: np.ndarray
 
-    def scaled(self, sx: float, sy: float) -> "Candidates":
+    def scaled(self, sx: float, sy: float) -> Candidates:
         """The same faces in an image resized by (sx, sy)."""
         return Candidates(self.boxes * np.float32([sx, sy, sx, sy]), self.scores, self.points * np.float32([sx, sy]))
 
@@ -113,8 +113,17 @@ class FaceDetector:
 
     BACKENDS = ("onnxruntime", "torch")
 
-    def __init__(self, *, min_score: float = DEFAULT_MIN_SCORE, nms_iou: float = 0.4, coarse: int = COARSE_SIDE,
-                 fine: int = FINE_SIDE, threads: int = 1, backend: str = "onnxruntime", device: str = "cpu"):
+    def __init__(
+        self,
+        *,
+        min_score: float = DEFAULT_MIN_SCORE,
+        nms_iou: float = 0.4,
+        coarse: int = COARSE_SIDE,
+        fine: int = FINE_SIDE,
+        threads: int = 1,
+        backend: str = "onnxruntime",
+        device: str = "cpu",
+    ):
         if backend not in self.BACKENDS:
             raise ValueError(f"backend must be one of {self.BACKENDS}, not {backend!r}")
         self.min_score, self.nms_iou, self.coarse, self.fine, self.threads = min_score, nms_iou, coarse, fine, threads
@@ -157,7 +166,11 @@ class FaceDetector:
     def _prepare(image: Image.Image, max_side: int, pad: float) -> tuple[Image.Image, float, int]:
         width, height = image.size
         scale = min(1.0, max_side / max(width, height))
-        small = image if scale == 1.0 else image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR)
+        small = (
+            image
+            if scale == 1.0
+            else image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR)
+        )
         border = round(pad * max(small.size))
         if border:
             canvas = Image.new("RGB", (small.width + 2 * border, small.height + 2 * border), (128, 128, 128))
@@ -198,7 +211,9 @@ class FaceDetector:
             return False
         scale = min(1.0, self.coarse / max(size))
         smallest = coarse.smallest_side() * scale
-        return len(coarse.scores) == 0 or smallest < SMALL_FACE or (smallest < 2 * SMALL_FACE and self.count(coarse) > 1)
+        return (
+            len(coarse.scores) == 0 or smallest < SMALL_FACE or (smallest < 2 * SMALL_FACE and self.count(coarse) > 1)
+        )
 
     def count(self, found: Candidates) -> int:
         return len(_suppress(found.boxes, found.scores, self.nms_iou)) if len(found.scores) else 0

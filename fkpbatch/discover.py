@@ -52,8 +52,12 @@ def display_name(path: str) -> str:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -80,8 +84,15 @@ def _walk(root: Path, recursive: bool, found: Discovery) -> None:
             with os.scandir(directory) as scan:
                 entries = sorted(scan, key=lambda e: e.name)
         except OSError as exc:
-            found.files.append(InputFile(directory, display_name(str(directory)), False, relative,
-                                         error=f"cannot read folder: {exc.strerror or exc}"))
+            found.files.append(
+                InputFile(
+                    directory,
+                    display_name(str(directory)),
+                    False,
+                    relative,
+                    error=f"cannot read folder: {exc.strerror or exc}",
+                )
+            )
             continue
         subdirs = []
         for entry in entries:

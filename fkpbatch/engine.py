@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -66,7 +67,9 @@ class FaceCropper:
         smallest = min(b.size for b in boxes)
         if image.size != full and smallest < self.spec.input_size:
             # a face too small to crop from this decode: decode again just big enough (often 1/2 or 1/4 scale)
-            bigger, _ = load_reduced(path, self.options.max_pixels, math.ceil(max(image.size) * self.spec.input_size / smallest) + 1)
+            bigger, _ = load_reduced(
+                path, self.options.max_pixels, math.ceil(max(image.size) * self.spec.input_size / smallest) + 1
+            )
             boxes = [_scale_box(b, bigger.width / image.width, bigger.height / image.height) for b in boxes]
             image = bigger
         sx, sy = width / image.width, height / image.height
@@ -78,7 +81,12 @@ class FaceCropper:
         detector, passes = self.detector, self.options.passes
         found = [detector.candidates(image, detector.coarse)]
         fine = min(detector.fine, max(full))
-        if passes == "two" and max(full) > detector.coarse or passes == "auto" and detector.wants_second_pass(found[0], image.size, full):
+        if (
+            passes == "two"
+            and max(full) > detector.coarse
+            or passes == "auto"
+            and detector.wants_second_pass(found[0], image.size, full)
+        ):
             if max(image.size) < fine:
                 bigger, _ = load_reduced(path, self.options.max_pixels, fine)
                 found = [found[0].scaled(bigger.width / image.width, bigger.height / image.height)]
@@ -146,7 +154,11 @@ class ImageSource(Dataset):
 def looks_like_a_face_crop(width: int, height: int) -> bool:
     """The ``--detect auto`` fallback rule: small, not tiny, roughly square."""
     low, high = CROP_FALLBACK_SIDES
-    return low <= min(width, height) and max(width, height) <= high and max(width, height) <= CROP_FALLBACK_ASPECT * min(width, height)
+    return (
+        low <= min(width, height)
+        and max(width, height) <= high
+        and max(width, height) <= CROP_FALLBACK_ASPECT * min(width, height)
+    )
 
 
 def collate_images(items: list[CropRecord]) -> tuple[torch.Tensor, list[CropRecord]]:
@@ -206,8 +218,10 @@ def to_pil_image(image) -> Image.Image:
         return to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
-            raise UsageError(f"an image array must be uint8 HxW, HxWx3 (RGB) or HxWx4 (RGBA), "
-                             f"not {image.dtype} {'x'.join(map(str, image.shape))}")
+            raise UsageError(
+                f"an image array must be uint8 HxW, HxWx3 (RGB) or HxWx4 (RGBA), "
+                f"not {image.dtype} {'x'.join(map(str, image.shape))}"
+            )
         if min(image.shape[:2]) == 0:
             raise UsageError(f"an image array of shape {'x'.join(map(str, image.shape))} has no pixels")
         return to_rgb(Image.fromarray(np.ascontiguousarray(image)))
@@ -248,7 +262,9 @@ class Predictor:
                 self.onnx = OnnxKeypoints(model, spec)
             except Exception as exc:  # noqa: BLE001 - e.g. an op the exporter lacks: PyTorch still runs it
                 if runtime == "onnxruntime":
-                    raise UsageError(f"--runtime onnxruntime: {spec.arch} cannot be exported to ONNX ({type(exc).__name__})") from None
+                    raise UsageError(
+                        f"--runtime onnxruntime: {spec.arch} cannot be exported to ONNX ({type(exc).__name__})"
+                    ) from None
 
     @property
     def keypoints(self) -> tuple[str, ...]:
@@ -256,8 +272,14 @@ class Predictor:
         return self.spec.keypoints
 
     @classmethod
-    def load(cls, weights: str | Path | None = None, device: str = "auto", runtime: str = "auto", *,
-             model: str | Model | None = None) -> Predictor:
+    def load(
+        cls,
+        weights: str | Path | None = None,
+        device: str = "auto",
+        runtime: str = "auto",
+        *,
+        model: str | Model | None = None,
+    ) -> Predictor:
         """Load ``weights`` (a checkpoint from ``fkpbatch train``) or the shipped ``model`` by name
         (``fast``, the default, or ``accurate``; see ``fkpbatch models``); not both."""
         net, spec = load_model(resolve_weights(weights, None if model is None else Model.parse(model, "model")))
@@ -272,8 +294,9 @@ class Predictor:
         quality = out.get("quality")
         return out["keypoints"].float().cpu().numpy(), None if quality is None else quality.float().cpu().numpy()
 
-    def predict_paths(self, files: Iterable[InputFile | PathLike],
-                      options: PredictOptions | None = None) -> Iterator[ImageResult]:
+    def predict_paths(
+        self, files: Iterable[InputFile | PathLike], options: PredictOptions | None = None
+    ) -> Iterator[ImageResult]:
         """Yield one :class:`ImageResult` per file, in input order, as batches finish.
 
         ``files``: paths (``str`` or ``Path``; a folder stands for its files, sorted) or the
@@ -281,8 +304,9 @@ class Predictor:
         before anything runs; a file that cannot be decoded is an ``error`` result."""
         yield from self._predict(input_files(files), options)
 
-    def predict_images(self, images: Iterable, options: PredictOptions | None = None, *,
-                       names: Sequence[str] | None = None) -> Iterator[ImageResult]:
+    def predict_images(
+        self, images: Iterable, options: PredictOptions | None = None, *, names: Sequence[str] | None = None
+    ) -> Iterator[ImageResult]:
         """Yield one :class:`ImageResult` per in-memory picture, in order: PIL images or HxWx3 RGB
         (also HxW, HxWx4) uint8 numpy arrays. Results are named ``image_0``, ``image_1``, ... unless
         ``names`` are given; their ``source`` is None."""
@@ -314,7 +338,12 @@ class Predictor:
     def unsure(self, score: float | None, quality: float | None) -> bool:
         """A doubtful detection: low detector score and low keypoint quality (PredictOptions.unsure_score)."""
         options = self.options
-        return score is not None and quality is not None and score < options.unsure_score and quality < options.unsure_quality
+        return (
+            score is not None
+            and quality is not None
+            and score < options.unsure_score
+            and quality < options.unsure_quality
+        )
 
     def only_faces(self, faces: list[FaceResult]) -> list[FaceResult]:
         """Drop doubtful detections beside a clear face at a similar scale (box >= UNSURE_SIZE of the
@@ -325,19 +354,28 @@ class Predictor:
             return faces
         return [f for f in faces if not (self.unsure(f.score, f.quality) and f.box.size >= UNSURE_SIZE * max(clear))]
 
-    def results(self, crops: torch.Tensor, records: list[CropRecord],
-                items: list[InputFile | InMemoryImage]) -> list[ImageResult]:
+    def results(
+        self, crops: torch.Tensor, records: list[CropRecord], items: list[InputFile | InMemoryImage]
+    ) -> list[ImageResult]:
         """Run the model on a batch's crops and map keypoints back into each record's image."""
         names = self.spec.keypoints
         unit, quality = self._keypoints(crops) if len(crops) else (np.zeros((0, len(names), 2)), None)
         results, face = [], 0
         for record, item in zip(records, items):
             source = item if isinstance(item, InputFile) else None
-            result = ImageResult(item.name, record.status, record.error, record.width, record.height,
-                                 source=source, names=names)
-            found = [FaceResult(box, score, from_unit(unit[face + i], box),
-                                None if quality is None else float(quality[face + i]), names)
-                     for i, (box, score) in enumerate(zip(record.boxes, record.scores))]
+            result = ImageResult(
+                item.name, record.status, record.error, record.width, record.height, source=source, names=names
+            )
+            found = [
+                FaceResult(
+                    box,
+                    score,
+                    from_unit(unit[face + i], box),
+                    None if quality is None else float(quality[face + i]),
+                    names,
+                )
+                for i, (box, score) in enumerate(zip(record.boxes, record.scores))
+            ]
             face += len(found)
             result.faces = self.only_faces(found)
             if result.status == "ok" and not result.faces:

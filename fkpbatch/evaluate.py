@@ -12,7 +12,7 @@ import torch
 
 from .datasets import KAGGLE_SIZE, _read_csv, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
 from .discover import InputFile
-from .engine import Predictor, PredictOptions
+from .engine import PredictOptions, Predictor
 from .errors import DataError, UsageError
 from .fileio import atomic_write, check_target
 from .keypoints import IBUG_POINTS, KAGGLE_POINTS, coordinate_columns
@@ -27,7 +27,9 @@ def _kaggle_predictions(predictor: Predictor, images) -> tuple[np.ndarray, np.nd
     preds, qualities = [], []
     box = whole_image_box(KAGGLE_SIZE, KAGGLE_SIZE)
     for start in range(0, len(images), 256):
-        crops = torch.stack([to_uint8_tensor(crop_face(im, box, predictor.spec.input_size)) for im in images[start:start + 256]])
+        crops = torch.stack(
+            [to_uint8_tensor(crop_face(im, box, predictor.spec.input_size)) for im in images[start : start + 256]]
+        )
         unit, quality = predictor._keypoints(crops)
         preds.append(from_unit(unit, box))
         qualities.append(quality)
@@ -96,8 +98,14 @@ def evaluate_checkpoint(
 
     def figures(points: list[str] | tuple[str, ...]) -> dict:
         index = [names.index(n) for n in points]
-        return summarize(pred[found][:, index], labels[found][:, index], points, kaggle_scale=scale[found], missed=missed,
-                         quality=None if quality is None else quality[found])
+        return summarize(
+            pred[found][:, index],
+            labels[found][:, index],
+            points,
+            kaggle_scale=scale[found],
+            missed=missed,
+            quality=None if quality is None else quality[found],
+        )
 
     report = {**figures(common), "data": str(data), "images": int(len(rows)), "missed": int(missed)}
     if with_68:
@@ -132,8 +140,9 @@ def _holdout_rows(image_names: list[str], run_dir: Path | None) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-def write_submission(predictor: Predictor, test_csv: Path, lookup_csv: Path, out: Path, *, overwrite: bool = False,
-                     inputs=()) -> int:
+def write_submission(
+    predictor: Predictor, test_csv: Path, lookup_csv: Path, out: Path, *, overwrite: bool = False, inputs=()
+) -> int:
     """Kaggle's ``RowId,Location`` for every row of the lookup table, clipped to [0, 96]. ``out`` is
     written atomically; it must not exist (unless ``overwrite``) nor be the test CSV, the lookup
     table or one of ``inputs``."""

@@ -39,8 +39,9 @@ class _UInt8Graph(nn.Module):
         return (out["keypoints"], out["quality"]) if "quality" in out else (out["keypoints"],)
 
 
-def export_onnx(model: nn.Module, spec: ModelSpec, target: Path | io.BytesIO, *, overwrite: bool = False,
-                inputs=()) -> None:
+def export_onnx(
+    model: nn.Module, spec: ModelSpec, target: Path | io.BytesIO, *, overwrite: bool = False, inputs=()
+) -> None:
     """Write ``model`` as ONNX: input ``images`` uint8 (N, 1, S, S); outputs ``keypoints`` (N, K, 2)
     in unit coordinates of the crop and, for heatmap models, ``quality`` (N,). A file ``target`` is
     written atomically; it must not exist (unless ``overwrite``) nor be one of ``inputs``."""
@@ -60,8 +61,16 @@ def export_onnx(model: nn.Module, spec: ModelSpec, target: Path | io.BytesIO, *,
         with torch.no_grad(), warnings.catch_warnings(), _fixed_pools(model, graph, dummy), _quiet_output():
             warnings.simplefilter("ignore")
             outputs = ["keypoints", "quality"][: len(graph(dummy))]
-            torch.onnx.export(graph, (dummy,), target, input_names=["images"], output_names=outputs, opset_version=OPSET,
-                              dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}}, dynamo=False)
+            torch.onnx.export(
+                graph,
+                (dummy,),
+                target,
+                input_names=["images"],
+                output_names=outputs,
+                opset_version=OPSET,
+                dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
+                dynamo=False,
+            )
     finally:
         model.train(was_training)  # the exporter restores the wrapper's mode onto the model
 
@@ -173,7 +182,7 @@ def _read_cached(path: Path, fingerprint: str) -> bytes | None:
     head = _CACHE_MAGIC + fingerprint.encode() + b"\n"
     if not data.startswith(head):
         return None
-    digest, _, graph = data[len(head):].partition(b"\n")
+    digest, _, graph = data[len(head) :].partition(b"\n")
     return graph if digest == hashlib.sha256(graph).hexdigest().encode() else None
 
 
@@ -192,7 +201,9 @@ def cached_onnx(model: nn.Module, spec: ModelSpec, refresh: bool = False) -> byt
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, overwrite=True) as handle:
-            handle.write(_CACHE_MAGIC + fingerprint.encode() + b"\n" + hashlib.sha256(graph).hexdigest().encode() + b"\n")
+            handle.write(
+                _CACHE_MAGIC + fingerprint.encode() + b"\n" + hashlib.sha256(graph).hexdigest().encode() + b"\n"
+            )
             handle.write(graph)
     except (OSError, OutputError):
         pass  # read-only home: export again next time

@@ -37,8 +37,15 @@ def _outer_corners(keypoints) -> list[int]:
     raise ValueError("NME needs the outer eye corners: left/right_eye_outer_corner or p45/p36")
 
 
-def summarize(pred: np.ndarray, target: np.ndarray, keypoints, *, kaggle_scale: np.ndarray, missed: int = 0,
-              quality: np.ndarray | None = None) -> dict:
+def summarize(
+    pred: np.ndarray,
+    target: np.ndarray,
+    keypoints,
+    *,
+    kaggle_scale: np.ndarray,
+    missed: int = 0,
+    quality: np.ndarray | None = None,
+) -> dict:
     """RMSE (96-pixel Kaggle units: errors divided by ``kaggle_scale`` per face = box size / 96),
     NME %, failure rate % (``missed`` faces count as failures), per-keypoint mean error in the same
     Kaggle units, and with ``quality`` how well it ranks the errors."""

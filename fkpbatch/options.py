@@ -17,8 +17,18 @@ from .errors import UsageError
 from .zoo import SHIPPED_MODELS
 
 __all__ = [
-    "Augment", "Choice", "Detect", "Device", "Engine", "Faces", "Format", "Model", "Points", "PredictOptions",
-    "Recipe", "Runtime",
+    "Augment",
+    "Choice",
+    "Detect",
+    "Device",
+    "Engine",
+    "Faces",
+    "Format",
+    "Model",
+    "Points",
+    "PredictOptions",
+    "Recipe",
+    "Runtime",
 ]
 
 C = TypeVar("C", bound="Choice")

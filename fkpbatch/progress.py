@@ -32,8 +32,16 @@ def duration(seconds: float) -> str:
 class LineProgress:
     """Progress as plain lines; ``start(total)`` then ``advance(n)`` as work finishes."""
 
-    def __init__(self, label: str, unit: str = "images", *, interval: float = DEFAULT_INTERVAL, steps: int = 10,
-                 write: Callable[[str], None] = say, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        label: str,
+        unit: str = "images",
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        steps: int = 10,
+        write: Callable[[str], None] = say,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.label, self.unit, self.interval, self.steps = label, unit, interval, steps
         self.write, self.clock = write, clock
         self.total: int | None = None
@@ -66,8 +74,10 @@ class LineProgress:
         total = self.total or 0
         percent = 100.0 * self.done / total if total else 100.0
         eta = (total - self.done) / rate if rate > 0 else float("nan")
-        return (f"{self.label}: {self.done}/{total} {self.unit} ({percent:.0f} %), {rate:.1f} {self.unit}/s, "
-                f"elapsed {duration(elapsed)}, ETA {duration(eta)}")
+        return (
+            f"{self.label}: {self.done}/{total} {self.unit} ({percent:.0f} %), {rate:.1f} {self.unit}/s, "
+            f"elapsed {duration(elapsed)}, ETA {duration(eta)}"
+        )
 
 
 class BarProgress:
@@ -76,8 +86,14 @@ class BarProgress:
     def __init__(self, label: str, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=console, transient=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
         self.task = self.progress.add_task(label, total=None)
 
     def __enter__(self) -> BarProgress:

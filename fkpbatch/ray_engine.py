@@ -19,10 +19,10 @@ import torch
 
 from .checkpoint import ModelSpec, load_model
 from .discover import InputFile, discover
-from .engine import DEFAULT_WEIGHTS, RUNTIMES, FaceCropper, Predictor, PredictOptions
+from .engine import DEFAULT_WEIGHTS, RUNTIMES, FaceCropper, PredictOptions, Predictor
 from .errors import UsageError
-from .results import CropRecord
 from .keypoints import IBUG_POINTS
+from .results import CropRecord
 from .transforms import Box
 from .writers import RowLayout
 
@@ -30,8 +30,14 @@ RAY_FORMATS = ("csv", "jsonl", "parquet")
 
 
 def _item(row: dict) -> InputFile:
-    return InputFile(Path(os.fsdecode(row["path"])), row["name"], bool(row["skip"]), row["relative"],
-                     error=row.get("error") or "", skip_reason=row.get("skip_reason") or "")
+    return InputFile(
+        Path(os.fsdecode(row["path"])),
+        row["name"],
+        bool(row["skip"]),
+        row["relative"],
+        error=row.get("error") or "",
+        skip_reason=row.get("skip_reason") or "",
+    )
 
 
 @lru_cache(maxsize=4)
@@ -46,9 +52,17 @@ def _crop(row: dict, spec_json: str, options: PredictOptions) -> dict:
     record = _cropper(spec_json, options)(_item(row))
     crops = record.crops.numpy()
     boxes = [[b.x, b.y, b.size] for b in record.boxes]
-    return {**row, "status": record.status, "error": record.error, "boxes": json.dumps(boxes),
-            "scores": json.dumps(record.scores), "crops": crops.tobytes(), "faces": len(crops),
-            "width": record.width or 0, "height": record.height or 0}
+    return {
+        **row,
+        "status": record.status,
+        "error": record.error,
+        "boxes": json.dumps(boxes),
+        "scores": json.dumps(record.scores),
+        "crops": crops.tobytes(),
+        "faces": len(crops),
+        "width": record.width or 0,
+        "height": record.height or 0,
+    }
 
 
 class _KeypointActor:
@@ -60,19 +74,33 @@ class _KeypointActor:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         size = self.predictor.spec.input_size
-        crops = torch.from_numpy(np.frombuffer(b"".join(batch["crops"]), dtype=np.uint8).reshape(-1, 1, size, size).copy())
+        crops = torch.from_numpy(
+            np.frombuffer(b"".join(batch["crops"]), dtype=np.uint8).reshape(-1, 1, size, size).copy()
+        )
         records = [
-            CropRecord(status=r.status, error=r.error, width=r.width or None, height=r.height or None,
-                       boxes=[Box(*b) for b in json.loads(r.boxes)], scores=json.loads(r.scores))
+            CropRecord(
+                status=r.status,
+                error=r.error,
+                width=r.width or None,
+                height=r.height or None,
+                boxes=[Box(*b) for b in json.loads(r.boxes)],
+                scores=json.loads(r.scores),
+            )
             for r in batch.itertuples()
         ]
         items = [_item(r) for r in batch[["path", "name", "skip", "relative"]].to_dict("records")]
-        rows = [row for result in self.predictor.results(crops, records, items) if result.status != "skipped"
-                for row in self.layout.rows(result)]
+        rows = [
+            row
+            for result in self.predictor.results(crops, records, items)
+            if result.status != "skipped"
+            for row in self.layout.rows(result)
+        ]
         frame = pd.DataFrame(rows, columns=self.layout.columns)
         text = ["image", "status", "error"]
         numbers = [c for c in self.layout.columns if c not in text]
-        frame[numbers] = frame[numbers].apply(pd.to_numeric, errors="coerce").astype("float64")  # "" -> NaN: one Arrow type per column
+        frame[numbers] = (
+            frame[numbers].apply(pd.to_numeric, errors="coerce").astype("float64")
+        )  # "" -> NaN: one Arrow type per column
         return frame.astype({c: str for c in text})
 
 
@@ -116,14 +144,30 @@ def run_ray(
         return 0
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
-    rows = [{"path": os.fsencode(f.path), "name": f.name, "skip": f.skip_if_not_image, "relative": f.relative,
-             "error": f.error, "skip_reason": f.skip_reason} for f in files]
+    rows = [
+        {
+            "path": os.fsencode(f.path),
+            "name": f.name,
+            "skip": f.skip_if_not_image,
+            "relative": f.relative,
+            "error": f.error,
+            "skip_reason": f.skip_reason,
+        }
+        for f in files
+    ]
     dataset = ray.data.from_items(rows).map(_crop, fn_kwargs={"spec_json": json.dumps(spec), "options": options})
     dataset = dataset.map_batches(
         _KeypointActor,
-        fn_constructor_kwargs={"weights": str(weights.resolve()), "device": "cuda" if num_gpus else device, "points": points,
-                               "runtime": runtime},
-        batch_size=options.batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=max(1, concurrency)), num_gpus=num_gpus,
+        fn_constructor_kwargs={
+            "weights": str(weights.resolve()),
+            "device": "cuda" if num_gpus else device,
+            "points": points,
+            "runtime": runtime,
+        },
+        batch_size=options.batch_size,
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=max(1, concurrency)),
+        num_gpus=num_gpus,
     )
     out = str(out_dir.resolve())
     {"csv": dataset.write_csv, "jsonl": dataset.write_json, "parquet": dataset.write_parquet}[fmt](out)

@@ -8,8 +8,9 @@ serialise themselves in the output layout: :meth:`ImageResult.to_rows` gives the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -65,8 +66,12 @@ class FaceResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values: ``{box: [x, y, w, h], score, quality, keypoints: {name: [x, y]}}`` (unrounded)."""
-        return {"box": list(self.box.as_list()), "score": self.score, "quality": self.quality,
-                "keypoints": {name: [x, y] for name, (x, y) in self.points.items()}}
+        return {
+            "box": list(self.box.as_list()),
+            "score": self.score,
+            "quality": self.quality,
+            "keypoints": {name: [x, y] for name, (x, y) in self.points.items()},
+        }
 
 
 @dataclass

@@ -27,9 +27,20 @@ SIDECAR_KIND = "fkpbatch output"
 STATUSES = frozenset({"ok", "no_face", "error"})
 JSON_KEYS = frozenset({"image", "width", "height", "status", "error", "faces"})
 # parameter -> how the user sets it, for the message when --resume finds another run's parameters
-OPTION_OF = {"format": "--format", "points": "--points", "model": "--weights", "detect": "--detect", "faces": "--faces",
-             "min_score": "--min-score", "min_face": "--min-face", "max_pixels": "--max-pixels",
-             "passes": "--passes", "unsure_score": "--unsure-score", "raw_names": "--raw-names", "shard": "--shard"}
+OPTION_OF = {
+    "format": "--format",
+    "points": "--points",
+    "model": "--weights",
+    "detect": "--detect",
+    "faces": "--faces",
+    "min_score": "--min-score",
+    "min_face": "--min-face",
+    "max_pixels": "--max-pixels",
+    "passes": "--passes",
+    "unsure_score": "--unsure-score",
+    "raw_names": "--raw-names",
+    "shard": "--shard",
+}
 
 
 def sidecar_path(out: Path) -> Path:
@@ -72,8 +83,10 @@ class OutputLock:
                 if exc.errno in (errno.EACCES, errno.EAGAIN):
                     holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "starting"
                     os.close(fd)
-                    raise OutputError(f"{self.out} is being written by another fkpbatch run ({holder}); "
-                                      "one output takes one run at a time") from None
+                    raise OutputError(
+                        f"{self.out} is being written by another fkpbatch run ({holder}); "
+                        "one output takes one run at a time"
+                    ) from None
                 os.close(fd)  # a file system without locks: go on, and say so
                 self.warning = f"{self.out}: cannot lock ({exc.strerror}); make sure no other run writes it"
                 return self
@@ -152,8 +165,13 @@ def write_sidecar(out: Path, params: dict, columns: list[str], clean_bytes: int 
     (None while a run writes it, so that a killed run's last image is redone by --resume)."""
     from . import __version__
 
-    record = {"kind": SIDECAR_KIND, "version": __version__, "params": params, "columns": columns,
-              "clean_bytes": clean_bytes}
+    record = {
+        "kind": SIDECAR_KIND,
+        "version": __version__,
+        "params": params,
+        "columns": columns,
+        "clean_bytes": clean_bytes,
+    }
     write_bytes_atomic(sidecar_path(out), json.dumps(record, indent=1, ensure_ascii=False) + "\n", overwrite=True)
 
 
@@ -199,12 +217,16 @@ def open_existing(out: Path, fmt: str, params: dict, columns: list[str], inputs,
             raise OutputError(f"{out} is one of the input files; choose another output")
         record = read_sidecar(out)
         if record is None:
-            raise OutputError(f"{out} has no {sidecar_path(out).name} beside it: not an output of this fkpbatch version, "
-                              "so --resume leaves it alone; choose another -o")
+            raise OutputError(
+                f"{out} has no {sidecar_path(out).name} beside it: not an output of this fkpbatch version, "
+                "so --resume leaves it alone; choose another -o"
+            )
         differences = describe_differences(record["params"], params)
         if differences:
-            raise OutputError(f"{out} was written with other options: {differences}; "
-                              "--resume needs the same ones (or choose another -o)")
+            raise OutputError(
+                f"{out} was written with other options: {differences}; "
+                "--resume needs the same ones (or choose another -o)"
+            )
         data = _read_all(fd, st.st_size)
         clean = record.get("clean_bytes") == len(data)
         scan = {"csv": _scan_csv, "jsonl": _scan_jsonl, "json": _scan_json}[fmt]
@@ -258,8 +280,12 @@ def _scan_csv(out: Path, data: bytes, columns: list[str], *, safe: bool, clean: 
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader)
     if header != columns:
-        raise _not_ours(out, f"its header has {len(header)} columns, not this run's {len(columns)}"
-                        if len(header) != len(columns) else "its header is not this run's")
+        raise _not_ours(
+            out,
+            f"its header has {len(header)} columns, not this run's {len(columns)}"
+            if len(header) != len(columns)
+            else "its header is not this run's",
+        )
     seen: set[str] = set()
     image, face, last_start, count = None, -1, 1, 1
     for count, row in enumerate(reader, start=2):
@@ -287,7 +313,9 @@ def _check_object(out: Path, obj, where: str, done: set[str]) -> str:
     if not isinstance(obj, dict) or set(obj) != JSON_KEYS or not isinstance(obj["image"], str):
         raise _not_ours(out, f"{where} is not an fkpbatch image object")
     if obj["image"] in done or obj["status"] not in STATUSES:
-        raise _not_ours(out, f"{where}: {obj['image']!r} is there twice" if obj["image"] in done else f"{where}: status")
+        raise _not_ours(
+            out, f"{where}: {obj['image']!r} is there twice" if obj["image"] in done else f"{where}: status"
+        )
     return obj["image"]
 
 

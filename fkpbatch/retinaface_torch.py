@@ -63,19 +63,25 @@ class RetinaFaceNet(nn.Module):
             offset = 1 if stage == "stage1" else 0
             for i, (cout, stride) in enumerate(blocks, offset):
                 base = f"/fx/{stage}/{stage}.{i}/{stage}.{i}"
-                layers += [_Conv(f"{base}.0/{stage}.{i}.0.0", cin, cin, 3, stride, groups=cin),
-                           _Conv(f"{base}.1/{stage}.{i}.1.0", cin, cout, 1)]
+                layers += [
+                    _Conv(f"{base}.0/{stage}.{i}.0.0", cin, cin, 3, stride, groups=cin),
+                    _Conv(f"{base}.1/{stage}.{i}.1.0", cin, cout, 1),
+                ]
                 cin = cout
             self.stages.append(nn.Sequential(*layers))
             layers = []
-        self.outputs = nn.ModuleList(_Conv(f"/fpn/output{i}/output{i}.0", c, 64, 1) for i, c in ((1, 64), (2, 128), (3, 256)))
+        self.outputs = nn.ModuleList(
+            _Conv(f"/fpn/output{i}/output{i}.0", c, 64, 1) for i, c in ((1, 64), (2, 128), (3, 256))
+        )
         self.merge1 = _Conv("/fpn/merge1/merge1.0", 64, 64, 3)
         self.merge2 = _Conv("/fpn/merge2/merge2.0", 64, 64, 3)
         self.ssh = nn.ModuleList(_SSH(f"ssh{i}") for i in (1, 2, 3))
-        self.heads = nn.ModuleDict({
-            head: nn.ModuleList(_Conv(f"/{head}/{head}.{i}", 64, 2 * width, 1, act=False) for i in range(3))
-            for head, width in (("class_head", 2), ("bbox_head", 4), ("landmark_head", 10))
-        })
+        self.heads = nn.ModuleDict(
+            {
+                head: nn.ModuleList(_Conv(f"/{head}/{head}.{i}", 64, 2 * width, 1, act=False) for i in range(3))
+                for head, width in (("class_head", 2), ("bbox_head", 4), ("landmark_head", 10))
+            }
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = []
@@ -89,12 +95,14 @@ class RetinaFaceNet(nn.Module):
         n = x.shape[0]
 
         def head(name: str, width: int) -> torch.Tensor:
-            return torch.cat([conv(f).permute(0, 2, 3, 1).reshape(n, -1, width) for conv, f in zip(self.heads[name], levels)], 1)
+            return torch.cat(
+                [conv(f).permute(0, 2, 3, 1).reshape(n, -1, width) for conv, f in zip(self.heads[name], levels)], 1
+            )
 
         return head("bbox_head", 4), head("class_head", 2).softmax(-1), head("landmark_head", 10)
 
     @classmethod
-    def from_onnx(cls, model: bytes | str) -> "RetinaFaceNet":
+    def from_onnx(cls, model: bytes | str) -> RetinaFaceNet:
         """The network with the weights of the ONNX graph ``model`` (its bytes or its path)."""
         import onnx
         from onnx import numpy_helper

@@ -118,8 +118,14 @@ def expected_outputs(files: list[InputFile]) -> list[str]:
     return names
 
 
-def merge_outputs(inputs: list[Path], out: Path, expected: list[str] | None = None, *, overwrite: bool = False,
-                  shards: int | None = None) -> dict:
+def merge_outputs(
+    inputs: list[Path],
+    out: Path,
+    expected: list[str] | None = None,
+    *,
+    overwrite: bool = False,
+    shards: int | None = None,
+) -> dict:
     """Concatenate shard outputs sorted by image; refuse doubled images and shards made with other
     options; with ``expected`` (all input names), report the missing ones by the shard (of
     ``shards``; default: one per input) that should have held them. ``out`` is written whole
@@ -148,8 +154,10 @@ def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite:
         if record is not None:
             run = dict(record["params"], shard=None)
             if runs and run != runs[0][1]["params"]:
-                raise UsageError(f"{path} was made with other options than {runs[0][0]}: "
-                                 f"{describe_differences(runs[0][1]['params'], run)}")
+                raise UsageError(
+                    f"{path} was made with other options than {runs[0][0]}: "
+                    f"{describe_differences(runs[0][1]['params'], run)}"
+                )
             runs.append((path, dict(record, params=run)))
         header, fmt = header or head, kind
         records += [(path, r) for r in rows]
@@ -177,5 +185,10 @@ def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite:
         write_sidecar(out, runs[0][1]["params"], runs[0][1].get("columns") or header, len(text.encode("utf-8")))
     missing = sorted(set(expected) - set(owners)) if expected is not None else []
     incomplete = Counter(shard_of(name, shards or len(inputs)) for name in missing)
-    return {"images": len(owners), "rows": len(records), "missing": missing, "incomplete_shards": dict(sorted(incomplete.items())),
-            "dropped": [(str(path), image) for path, image in dropped]}
+    return {
+        "images": len(owners),
+        "rows": len(records),
+        "missing": missing,
+        "incomplete_shards": dict(sorted(incomplete.items())),
+        "dropped": [(str(path), image) for path, image in dropped],
+    }

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
+from .augment import TrainAugment
 from .checkpoint import ModelSpec, load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig
 from .datasets import FaceDataset, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
@@ -25,7 +26,6 @@ from .keypoints import KAGGLE_POINTS, points_for
 from .metrics import nme_per_face, rmse
 from .progress import LineProgress
 from .runtime import autocast, resolve_device, to_model_input
-from .augment import TrainAugment
 from .transforms import Framing
 from .zoo import SHIPPED_MODELS, model_path
 
@@ -61,7 +61,9 @@ def build_datasets(config: TrainConfig, warn=print):
         if not table.names:
             raise DataError(f"{path}: no usable rows")
         if not np.isfinite(table.points).any():
-            raise DataError(f"{path}: every keypoint label is empty; nothing to learn from (are these the unlabelled test images?)")
+            raise DataError(
+                f"{path}: every keypoint label is empty; nothing to learn from (are these the unlabelled test images?)"
+            )
         is_val = split_by_group(table.names, config.val_split, config.group_by, config.seed)
         common = dict(input_size=config.input_size, framing=framing, label_offset=label_offset)
         train_parts.append(FaceDataset(table, np.flatnonzero(~is_val), augment=augment, jitter=config.jitter, **common))
@@ -94,20 +96,25 @@ def _forward_loss(model, images, targets, config: TrainConfig, device, pixel_sca
     return loss, pred
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, config, device, epoch, pixel_scale, show_progress,
-                    lines=None):
+def train_one_epoch(
+    model, loader, optimizer, scheduler, scaler, config, device, epoch, pixel_scale, show_progress, lines=None
+):
     """One pass over ``loader``; returns (mean training loss, learning rate of the epoch's last step).
     ``lines``: a :class:`~fkpbatch.progress.LineProgress` for logs (``train -v`` off a terminal)."""
     model.train()
     total, count, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show_progress, file=sys.stderr)
+    bar = tqdm(
+        loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show_progress, file=sys.stderr
+    )
     if lines is not None:
         lines.label = f"epoch {epoch + 1}/{config.epochs}"
         lines.start(len(loader))
     for step, (images, targets) in enumerate(bar):
         loss, _ = _forward_loss(model, images, targets, config, device, pixel_scale)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1}; try a lower --lr")
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1}; try a lower --lr"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         lr = optimizer.param_groups[0]["lr"]
@@ -190,8 +197,11 @@ def _panel(draw, box, series, *, title: str, log: bool, font, epochs: int) -> No
         draw.text((x0 - 6, y), f"{value:.3g}", fill="black", font=font, anchor="rm")
     legend = x1 - 8
     for name, (colour, ys) in reversed(series.items()):
-        points = [(x0 + (x1 - x0) * i / max(1, epochs - 1), y1 - (y1 - y0) * (scale(v) - low) / (high - low))
-                  for i, v in enumerate(ys) if v is not None and math.isfinite(v) and (v > 0 or not log)]
+        points = [
+            (x0 + (x1 - x0) * i / max(1, epochs - 1), y1 - (y1 - y0) * (scale(v) - low) / (high - low))
+            for i, v in enumerate(ys)
+            if v is not None and math.isfinite(v) and (v > 0 or not log)
+        ]
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
         elif points:
@@ -218,8 +228,11 @@ def _plot_losses(history: list[dict]) -> bytes | None:
         return [h.get(key) for h in history]
 
     panels = [
-        ("loss (log scale)", True,
-         {"train loss": ("royalblue", column("train_loss")), "val loss": ("darkorange", column("val_loss"))}),
+        (
+            "loss (log scale)",
+            True,
+            {"train loss": ("royalblue", column("train_loss")), "val loss": ("darkorange", column("val_loss"))},
+        ),
         ("validation NME (% of the outer-eye-corner distance)", False, {"val NME": ("seagreen", column("val_nme"))}),
         ("learning rate (last step of the epoch)", False, {"lr": ("purple", column("lr"))}),
     ]
@@ -243,8 +256,9 @@ def _write_json(path: Path, data, inputs=()) -> None:
 def _write_run_files(out_dir: Path, history: list[dict], inputs=()) -> None:
     """metrics.jsonl, metrics.csv and loss.png after each epoch, each replaced whole (atomically),
     never over one of ``inputs`` (the training data and --init weights)."""
-    write_bytes_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history), overwrite=True,
-                       inputs=inputs)
+    write_bytes_atomic(
+        out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history), overwrite=True, inputs=inputs
+    )
     write_bytes_atomic(out_dir / "metrics.csv", _metrics_csv(history), overwrite=True, inputs=inputs)
     png = _plot_losses(history)
     if png is not None:
@@ -284,20 +298,44 @@ def _read_history(path: Path, epochs: int) -> list[dict]:
         except ValueError:
             record = None
         if not isinstance(record, dict) or not {"train_loss", "val_loss"} <= set(record):
-            raise DataError(f"{path}, line {number}: not a metrics record; fix or delete the file to resume "
-                            "(the loss history then restarts)")
+            raise DataError(
+                f"{path}, line {number}: not a metrics record; fix or delete the file to resume "
+                "(the loss history then restarts)"
+            )
         history.append(record)
     return history
 
 
 RECIPES = {
     # The Kaggle notebook: seed network, MSE, Adam 1e-3, 100 epochs, batch 64, flip + brightness.
-    "seed": dict(arch="seed", points="15", input_size=96, epochs=100, batch_size=64, lr=1e-3, loss="mse",
-                 schedule="constant", augment="seed", framing_scale=1.29, framing_shift=0.27),
+    "seed": dict(
+        arch="seed",
+        points="15",
+        input_size=96,
+        epochs=100,
+        batch_size=64,
+        lr=1e-3,
+        loss="mse",
+        schedule="constant",
+        augment="seed",
+        framing_scale=1.29,
+        framing_shift=0.27,
+    ),
     # The shipped model: heatmap network, L1, cosine schedule, strong augmentation, a looser frame
     # so that the jaw line (68 points) fits in the crop.
-    "fkpnet": dict(arch="fkpnet", points="15", input_size=96, epochs=60, batch_size=32, lr=2e-3, loss="l1",
-                   schedule="cosine", augment="strong", framing_scale=1.55, framing_shift=0.4),
+    "fkpnet": dict(
+        arch="fkpnet",
+        points="15",
+        input_size=96,
+        epochs=60,
+        batch_size=32,
+        lr=2e-3,
+        loss="l1",
+        schedule="cosine",
+        augment="strong",
+        framing_scale=1.55,
+        framing_shift=0.4,
+    ),
 }
 
 
@@ -323,7 +361,9 @@ def build_config(data: tuple[str, ...], recipe: str | None = None, **overrides) 
     return TrainConfig(data=data, **values)
 
 
-def resume_training(out_dir: Path, *, epochs: int | None = None, device: str = "auto", workers: int = 2, **kwargs) -> Path:
+def resume_training(
+    out_dir: Path, *, epochs: int | None = None, device: str = "auto", workers: int = 2, **kwargs
+) -> Path:
     """Continue the run in ``out_dir`` from last.pt with its saved config (optionally more epochs)."""
     state = load_checkpoint(out_dir / "last.pt")
     try:
@@ -336,12 +376,21 @@ def resume_training(out_dir: Path, *, epochs: int | None = None, device: str = "
         if missing:
             raise KeyError(", ".join(sorted(missing)))
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{out_dir / 'last.pt'}: not a resumable training checkpoint ({type(exc).__name__}: {exc})") from None
+        raise DataError(
+            f"{out_dir / 'last.pt'}: not a resumable training checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
     return _fit(config, out_dir, state, **kwargs)
 
 
-def train(config: TrainConfig, out_dir: Path, *, show_progress: bool = True, log=print, verbose: bool = False,
-          overwrite: bool = False) -> Path:
+def train(
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    show_progress: bool = True,
+    log=print,
+    verbose: bool = False,
+    overwrite: bool = False,
+) -> Path:
     """Train per ``config`` into ``out_dir`` (best.pt, last.pt, metrics.jsonl, metrics.csv,
     config.json, loss.png, val_images.txt; tensorboard/ when TensorBoard is installed).
 
@@ -352,8 +401,10 @@ def train(config: TrainConfig, out_dir: Path, *, show_progress: bool = True, log
         raise UsageError(f"--out {out_dir} is a file; give a folder")
     held = [name for name in RUN_FILES if (out_dir / name).exists() or (out_dir / name).is_symlink()]
     if held and not overwrite:
-        raise UsageError(f"{out_dir} already holds a run ({', '.join(held)}); continue it with --resume {out_dir}, "
-                         "choose another --out or pass --overwrite")
+        raise UsageError(
+            f"{out_dir} already holds a run ({', '.join(held)}); continue it with --resume {out_dir}, "
+            "choose another --out or pass --overwrite"
+        )
     return _fit(config, out_dir, None, show_progress=show_progress, log=log, verbose=verbose)
 
 
@@ -369,8 +420,15 @@ def _initial_model(spec: ModelSpec, init: str):
     return model
 
 
-def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progress: bool = True, log=print,
-         verbose: bool = False) -> Path:
+def _fit(
+    config: TrainConfig,
+    out_dir: Path,
+    state: dict | None,
+    *,
+    show_progress: bool = True,
+    log=print,
+    verbose: bool = False,
+) -> Path:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -379,7 +437,7 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
     if len(train_set) == 0:
         raise DataError("no training rows left after the validation split; lower --val-split")
     spec = ModelSpec(config.arch, keypoints, config.input_size, Framing(config.framing_scale, config.framing_shift))
-    model = (_initial_model(spec, config.init) if config.init and state is None else spec.build())
+    model = _initial_model(spec, config.init) if config.init and state is None else spec.build()
     model = model.to(device, memory_format=torch.channels_last)  # 1.4x faster on CPU too
     train_loader = _loader(train_set, config, True, device)
     val_loader = _loader(val_set, config, False, device)
@@ -405,17 +463,41 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
     lines = LineProgress("epoch", "batches", write=log) if verbose and not show_progress else None
 
     def save_last(epoch: int) -> None:
-        save_checkpoint(out_dir / "last.pt", spec, model, inputs=inputs, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), epoch=epoch, best=best, config=config.to_dict())
+        save_checkpoint(
+            out_dir / "last.pt",
+            spec,
+            model,
+            inputs=inputs,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            epoch=epoch,
+            best=best,
+            config=config.to_dict(),
+        )
 
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
-            train_loss, lr = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, config, device, epoch,
-                                             spec.pixel_scale, show_progress, lines)
-            metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
-                       **evaluate(model, val_loader, config, device, spec.pixel_scale)}
+            train_loss, lr = train_one_epoch(
+                model,
+                train_loader,
+                optimizer,
+                scheduler,
+                scaler,
+                config,
+                device,
+                epoch,
+                spec.pixel_scale,
+                show_progress,
+                lines,
+            )
+            metrics = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": train_loss,
+                **evaluate(model, val_loader, config, device, spec.pixel_scale),
+            }
             metrics["seconds"] = round(time.perf_counter() - started, 2)
             history.append(metrics)
             score = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else train_loss
@@ -430,13 +512,17 @@ def _fit(config: TrainConfig, out_dir: Path, state: dict | None, *, show_progres
                     if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
                         board.add_scalar(key, value, epoch + 1)
                 board.flush()
-            log(f"epoch {epoch + 1}/{config.epochs}: lr {lr:.3g}, train loss {train_loss:.5f}, "
+            log(
+                f"epoch {epoch + 1}/{config.epochs}: lr {lr:.3g}, train loss {train_loss:.5f}, "
                 f"val loss {metrics['val_loss']:.5f}, val RMSE {metrics['val_rmse']:.3f} px(96), "
                 f"val NME {metrics.get('val_nme', float('nan')):.2f} %, "
-                f"{metrics['seconds']:.0f} s" + (" (best so far)" if improved else ""))
+                f"{metrics['seconds']:.0f} s" + (" (best so far)" if improved else "")
+            )
     except KeyboardInterrupt:
         save_last(epoch)
-        log(f"interrupted: saved {out_dir / 'last.pt'} after {epoch} epoch(s); continue with: fkpbatch train --resume {out_dir}")
+        log(
+            f"interrupted: saved {out_dir / 'last.pt'} after {epoch} epoch(s); continue with: fkpbatch train --resume {out_dir}"
+        )
         raise
     finally:
         if board is not None:

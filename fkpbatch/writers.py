@@ -37,7 +37,9 @@ def columns_for(keypoints: tuple[str, ...], points: str = "15") -> list[str]:
 
 
 def _number(value, digits: int = 2):
-    return "" if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), digits)
+    return (
+        "" if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), digits)
+    )
 
 
 class RowLayout:
@@ -52,23 +54,43 @@ class RowLayout:
         # per column after the base ones: "quality", or the flat (x, y, x, y, ...) index, or None
         self._cells = [
             "quality" if c == "quality" else (2 * position[c[:-2]] + (c[-1] == "y") if c[:-2] in position else None)
-            for c in self.columns[len(BASE_COLUMNS):]
+            for c in self.columns[len(BASE_COLUMNS) :]
         ]
         written = {c[:-2] for c in self.columns if c.endswith("_x")}
         self._json_points = [(n, i) for i, n in enumerate(keypoints) if n in written]
 
     def rows(self, result: ImageResult) -> list[list]:
         """One row per face (or one row for an image without faces), aligned with ``columns``."""
-        head = [result.image, 0, result.status, result.error.replace("\n", " "), result.width or "", result.height or ""]
+        head = [
+            result.image,
+            0,
+            result.status,
+            result.error.replace("\n", " "),
+            result.width or "",
+            result.height or "",
+        ]
         if not result.faces:
             return [head + [""] * (len(self.columns) - len(head))]
         rows = []
         for index, face in enumerate(result.faces):
             flat = face.keypoints.reshape(-1)
-            values = [_number(face.quality, 3) if cell == "quality" else ("" if cell is None else _number(flat[cell]))
-                      for cell in self._cells]
-            rows.append([result.image, index, result.status, "", result.width, result.height, _number(face.score, 4),
-                         *(_number(v) for v in face.box.as_list()), *values])
+            values = [
+                _number(face.quality, 3) if cell == "quality" else ("" if cell is None else _number(flat[cell]))
+                for cell in self._cells
+            ]
+            rows.append(
+                [
+                    result.image,
+                    index,
+                    result.status,
+                    "",
+                    result.width,
+                    result.height,
+                    _number(face.score, 4),
+                    *(_number(v) for v in face.box.as_list()),
+                    *values,
+                ]
+            )
         return rows
 
     def object(self, result: ImageResult) -> dict:
@@ -76,10 +98,22 @@ class RowLayout:
         faces = []
         for face in result.faces:
             points = {n: [_number(face.keypoints[i, 0]), _number(face.keypoints[i, 1])] for n, i in self._json_points}
-            faces.append({"box": [_number(v) for v in face.box.as_list()], "score": _number(face.score, 4),
-                          "quality": _number(face.quality, 3), "keypoints": points})
-        return {"image": result.image, "width": result.width, "height": result.height, "status": result.status,
-                "error": result.error, "faces": faces}
+            faces.append(
+                {
+                    "box": [_number(v) for v in face.box.as_list()],
+                    "score": _number(face.score, 4),
+                    "quality": _number(face.quality, 3),
+                    "keypoints": points,
+                }
+            )
+        return {
+            "image": result.image,
+            "width": result.width,
+            "height": result.height,
+            "status": result.status,
+            "error": result.error,
+            "faces": faces,
+        }
 
 
 # A CSV cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP
@@ -122,8 +156,10 @@ def infer_format(out: str, fmt: str | None) -> str:
         return "csv"
     suffix = Path(out).suffix.lower().lstrip(".")
     if suffix not in FORMATS:
-        raise UsageError(f"-o {out}: unknown output extension {Path(out).suffix or '(none)'!r}; "
-                         "use .csv, .json or .jsonl, or give --format")
+        raise UsageError(
+            f"-o {out}: unknown output extension {Path(out).suffix or '(none)'!r}; "
+            "use .csv, .json or .jsonl, or give --format"
+        )
     return suffix
 
 
@@ -137,8 +173,19 @@ class ResultWriter:
     up to the last whole batch written.
     """
 
-    def __init__(self, out: str, fmt: str, keypoints: tuple[str, ...], points: str = "15", *, overwrite: bool = False,
-                 resume_fd: int | None = None, keep: int = 0, objects: list | None = None, safe: bool = True):
+    def __init__(
+        self,
+        out: str,
+        fmt: str,
+        keypoints: tuple[str, ...],
+        points: str = "15",
+        *,
+        overwrite: bool = False,
+        resume_fd: int | None = None,
+        keep: int = 0,
+        objects: list | None = None,
+        safe: bool = True,
+    ):
         self.out, self.fmt, self.safe = out, fmt, safe
         self.layout = RowLayout(keypoints, points)
         self.path = None if out == "-" else Path(out)
@@ -183,7 +230,7 @@ class ResultWriter:
                     sys.stdout.buffer.flush()
                     return
                 while data:
-                    data = data[os.write(self._fd, data):]
+                    data = data[os.write(self._fd, data) :]
                 self.committed = os.lseek(self._fd, 0, os.SEEK_CUR)
         except OSError as exc:
             self.broken = True

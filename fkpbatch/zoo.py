@@ -33,8 +33,9 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
     m.name: m
     for m in (
         ShippedModel("fast", "fkpnet68.pt", 96, "391-449", 3.79, 3.30, "fkpnet, 15 + 68 points; the default"),
-        ShippedModel("accurate", "fkpnet68_128.pt", 128, "249", 3.68, 2.98,
-                     "fkpnet fine-tuned at 128 px, 15 + 68 points"),
+        ShippedModel(
+            "accurate", "fkpnet68_128.pt", 128, "249", 3.68, 2.98, "fkpnet fine-tuned at 128 px, 15 + 68 points"
+        ),
     )
 }
 DEFAULT_MODEL = "fast"

@@ -22,8 +22,11 @@ from fkpbatch.transforms import Box
 
 from conftest import REPO
 
-COLUMNS = (["image", "face", "status", "error", "width", "height", "score", "box_x", "box_y", "box_w", "box_h"]
-           + coordinate_columns(KAGGLE_POINTS) + ["quality"])
+COLUMNS = (
+    ["image", "face", "status", "error", "width", "height", "score", "box_x", "box_y", "box_w", "box_h"]
+    + coordinate_columns(KAGGLE_POINTS)
+    + ["quality"]
+)
 COUPLE = REPO / "examples" / "couple.jpg"
 FAST = dict(workers=0)
 
@@ -171,8 +174,11 @@ def test_contact_sheet_lists_faces_lowest_quality_first_and_keeps_the_worst(tmp_
         faces = [_face(q, x=10.0 + 50 * i) for i, q in enumerate(qualities)]
         sheet.add(ImageResult(name, "ok", width=200, height=80, faces=faces), picture)
     assert sheet.faces_seen == 6
-    assert [(f.image, f.face, f.quality) for f in sheet.faces()] == [("c.jpg", 1, 0.001), ("b.jpg", 1, 0.02),
-                                                                      ("a.jpg", 1, 0.30)]
+    assert [(f.image, f.face, f.quality) for f in sheet.faces()] == [
+        ("c.jpg", 1, 0.001),
+        ("b.jpg", 1, 0.02),
+        ("a.jpg", 1, 0.30),
+    ]
     sheet.write(tmp_path / "index.html")
     page = (tmp_path / "index.html").read_text()
     assert page.count("<figure") == 3 and page.index("c.jpg") < page.index("b.jpg") < page.index("a.jpg")
@@ -189,8 +195,20 @@ def test_annotate_writes_the_contact_sheet_beside_the_pictures(tmp_path):
     from fkpbatch.cli import app
 
     out = tmp_path / "annotated"
-    result = CliRunner().invoke(app, ["predict", str(REPO / "examples"), "--annotate", str(out), "-o",
-                                      str(tmp_path / "k.csv"), "--workers", "0", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(REPO / "examples"),
+            "--annotate",
+            str(out),
+            "-o",
+            str(tmp_path / "k.csv"),
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "k.csv")
     page = (out / "index.html").read_text()

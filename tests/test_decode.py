@@ -20,7 +20,7 @@ def _save(tmp_path, image, name, **params):
 def test_every_common_mode_becomes_rgb(tmp_path, mode):
     image = gradient_image((40, 30), "L")
     if mode == "I;16":
-        image = Image.fromarray((np.asarray(image, dtype=np.uint16) * 256))
+        image = Image.fromarray(np.asarray(image, dtype=np.uint16) * 256)
     else:
         image = image.convert(mode)
     path = _save(tmp_path, image, "x.tiff")

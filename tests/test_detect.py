@@ -39,7 +39,10 @@ def composite(tmp_path_factory):
         face = face.resize((round(face.width * scale), round(face.height * scale)), Image.Resampling.LANCZOS)
         canvas.paste(face, (x, y))
         points = labels.loc[name, coordinate_columns(KAGGLE_POINTS)].to_numpy(float).reshape(15, 2)
-        sx, sy = face.width / Image.open(data / "images" / name).width, face.height / Image.open(data / "images" / name).height
+        sx, sy = (
+            face.width / Image.open(data / "images" / name).width,
+            face.height / Image.open(data / "images" / name).height,
+        )
         truth.append((points + 0.5) * [sx, sy] - 0.5 + [x, y])
     path = tmp_path_factory.mktemp("composite") / "group.png"
     canvas.save(path)
@@ -87,18 +90,36 @@ def test_an_image_without_a_face_gives_one_no_face_row(tmp_path, tiny_weights):
 
 def test_auto_falls_back_to_the_whole_image_only_for_tight_crops(tmp_path, tiny_weights):
     assert looks_like_a_face_crop(96, 96) and looks_like_a_face_crop(200, 300)
-    assert not looks_like_a_face_crop(1, 1) and not looks_like_a_face_crop(4, 4000) and not looks_like_a_face_crop(800, 600)
+    assert (
+        not looks_like_a_face_crop(1, 1)
+        and not looks_like_a_face_crop(4, 4000)
+        and not looks_like_a_face_crop(800, 600)
+    )
     crop = tmp_path / "crop.png"
     gradient_image((96, 96)).save(crop)  # no face a detector would find, but crop-sized
-    auto = pd.read_csv(io.StringIO(runner.invoke(app, ["predict", str(crop), "-w", str(tiny_weights), "--workers", "0", "-q"]).stdout))
-    always = pd.read_csv(io.StringIO(runner.invoke(app, ["predict", str(crop), "-w", str(tiny_weights), "--workers", "0", "-q", "--detect", "always"]).stdout))
+    auto = pd.read_csv(
+        io.StringIO(runner.invoke(app, ["predict", str(crop), "-w", str(tiny_weights), "--workers", "0", "-q"]).stdout)
+    )
+    always = pd.read_csv(
+        io.StringIO(
+            runner.invoke(
+                app, ["predict", str(crop), "-w", str(tiny_weights), "--workers", "0", "-q", "--detect", "always"]
+            ).stdout
+        )
+    )
     assert auto["status"].tolist() == ["ok"] and (auto["box_w"] == 96).all()
     assert always["status"].tolist() == ["no_face"]
 
 
 def test_faces_largest_keeps_one_face(composite, tiny_weights):
     path, truth = composite
-    table = pd.read_csv(io.StringIO(runner.invoke(app, ["predict", str(path), "-w", str(tiny_weights), "--workers", "0", "-q", "--faces", "largest"]).stdout))
+    table = pd.read_csv(
+        io.StringIO(
+            runner.invoke(
+                app, ["predict", str(path), "-w", str(tiny_weights), "--workers", "0", "-q", "--faces", "largest"]
+            ).stdout
+        )
+    )
     assert len(table) == 1
     box = table.iloc[0]
     eyes = truth[0][:2].mean(0)  # the face pasted at scale 2 is the largest
@@ -112,10 +133,19 @@ def test_a_large_jpeg_gives_the_same_faces_as_its_png(composite, tiny_weights, t
     Image.open(path).resize((3200, 2000), Image.Resampling.LANCZOS).save(jpeg, quality=95)
     png = tmp_path / "group2.png"
     Image.open(path).resize((3200, 2000), Image.Resampling.LANCZOS).save(png)
-    tables = [pd.read_csv(io.StringIO(runner.invoke(app, ["predict", str(p), "-w", str(tiny_weights), "--workers", "0", "-q"]).stdout))
-              for p in (jpeg, png)]
+    tables = [
+        pd.read_csv(
+            io.StringIO(runner.invoke(app, ["predict", str(p), "-w", str(tiny_weights), "--workers", "0", "-q"]).stdout)
+        )
+        for p in (jpeg, png)
+    ]
     assert len(tables[0]) == len(tables[1]) == 4
-    assert np.abs(tables[0][["box_x", "box_y", "box_w"]].to_numpy() - tables[1][["box_x", "box_y", "box_w"]].to_numpy()).max() < 12
+    assert (
+        np.abs(
+            tables[0][["box_x", "box_y", "box_w"]].to_numpy() - tables[1][["box_x", "box_y", "box_w"]].to_numpy()
+        ).max()
+        < 12
+    )
 
 
 def test_unsure_detections_are_not_faces():

@@ -1,7 +1,5 @@
 """The PyTorch port of the detector gives the ONNX graph's faces; the GPU path where CUDA exists."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch

@@ -10,10 +10,10 @@ from fkpbatch.cli import app
 from fkpbatch.discover import discover
 from fkpbatch.engine import FaceResult, ImageResult
 from fkpbatch.errors import UsageError
-from fkpbatch.keypoints import KAGGLE_POINTS, IBUG_POINTS
+from fkpbatch.keypoints import IBUG_POINTS, KAGGLE_POINTS
+from fkpbatch.resume import InputIdentities, open_existing, write_sidecar
 from fkpbatch.shard import merge_outputs, select_shard, shard_of
 from fkpbatch.transforms import Box
-from fkpbatch.resume import InputIdentities, open_existing, write_sidecar
 from fkpbatch.writers import ResultWriter, columns_for, infer_format
 
 from conftest import REPO
@@ -59,7 +59,21 @@ def _result(name, faces=1):
 
 def test_columns_order_and_68_point_extension():
     names = KAGGLE_POINTS + IBUG_POINTS
-    assert columns_for(names)[:13] == ["image", "face", "status", "error", "width", "height", "score", "box_x", "box_y", "box_w", "box_h", "left_eye_center_x", "left_eye_center_y"]
+    assert columns_for(names)[:13] == [
+        "image",
+        "face",
+        "status",
+        "error",
+        "width",
+        "height",
+        "score",
+        "box_x",
+        "box_y",
+        "box_w",
+        "box_h",
+        "left_eye_center_x",
+        "left_eye_center_y",
+    ]
     assert columns_for(names)[-3:] == ["mouth_center_bottom_lip_x", "mouth_center_bottom_lip_y", "quality"]
     assert columns_for(names, "68")[-2:] == ["p67_x", "p67_y"] and len(columns_for(names, "68")) == 11 + 30 + 1 + 136
 
@@ -99,7 +113,9 @@ def test_resume_reads_jsonl_and_cuts_torn_lines(tmp_path):
         writer.write([_result("x.jpg"), _result("y.jpg")])
     write_sidecar(out, {"format": "jsonl"}, columns_for(KAGGLE_POINTS), None)
     out.write_bytes(out.read_bytes() + b'{"image": "z.jp')
-    existing = open_existing(out, "jsonl", {"format": "jsonl"}, columns_for(KAGGLE_POINTS), InputIdentities([]), safe=True)
+    existing = open_existing(
+        out, "jsonl", {"format": "jsonl"}, columns_for(KAGGLE_POINTS), InputIdentities([]), safe=True
+    )
     assert existing.done == {"x.jpg", "y.jpg"} and existing.keep == out.read_bytes().rindex(b"\n") + 1
     with ResultWriter(str(out), "jsonl", KAGGLE_POINTS, resume_fd=existing.fd, keep=existing.keep) as writer:
         writer.write([_result("z.jpg")])

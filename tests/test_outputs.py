@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, gradient_image
 from typer.testing import CliRunner
 
 from fkpbatch import writers
@@ -28,6 +27,8 @@ from fkpbatch.engine import FaceResult, ImageResult, PredictOptions
 from fkpbatch.errors import OutputError
 from fkpbatch.keypoints import IBUG_POINTS, KAGGLE_POINTS
 from fkpbatch.transforms import Box, Framing
+
+from conftest import REPO, gradient_image
 
 runner = CliRunner()
 FACE = REPO / "examples" / "Celso_Lafer_12.jpg"
@@ -60,7 +61,9 @@ def _files(tmp_path, names):
 
 
 def _run(predictor, files, out, **request):
-    return run_batch(predictor, BatchRequest(tuple(files), str(out), **request), PredictOptions(batch_size=2, workers=0))
+    return run_batch(
+        predictor, BatchRequest(tuple(files), str(out), **request), PredictOptions(batch_size=2, workers=0)
+    )
 
 
 def _faces(out):
@@ -132,28 +135,55 @@ def _start(command, out, rows=8):
     return process
 
 
-@pytest.fixture()
-def many(tmp_path):
-    folder = tmp_path / "many"
+def _many_images(folder, count):
     folder.mkdir()
-    for i in range(1000):
+    for i in range(count):
         gradient_image((12, 12)).save(folder / f"img{i:04d}.png")
     return folder
 
 
-def test_sigterm_to_the_job_stops_cleanly_a_second_run_is_refused_and_resume_completes(tmp_path, tiny_weights, many):
+@pytest.fixture()
+def many(tmp_path):
+    return _many_images(tmp_path / "many", 1000)
+
+
+@pytest.fixture()
+def lots(tmp_path):
+    """Enough images that a run is still going while a second one starts, even on a loaded machine."""
+    return _many_images(tmp_path / "many", 4000)
+
+
+def test_sigterm_to_the_job_stops_cleanly_a_second_run_is_refused_and_resume_completes(tmp_path, tiny_weights, lots):
+    many = lots
     out = tmp_path / "out.csv"
-    command = [sys.executable, "-m", "fkpbatch", "predict", str(many), "-w", str(tiny_weights), "-o", str(out),
-               "--detect", "never", "--batch-size", "2", "--workers", "1", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "fkpbatch",
+        "predict",
+        str(many),
+        "-w",
+        str(tiny_weights),
+        "-o",
+        str(out),
+        "--detect",
+        "never",
+        "--batch-size",
+        "1",
+        "--workers",
+        "1",
+        "-q",
+    ]
     first = _start(command, out)
     second = runner.invoke(app, ["predict", str(many), "-w", str(tiny_weights), "-o", str(out), "--resume", "-q"])
+    assert first.poll() is None, "the first run ended before the second started: the lock was not tested"
     assert second.exit_code == 2 and f"pid {first.pid}" in second.stderr  # one writer per output
     os.killpg(first.pid, signal.SIGTERM)  # as a scheduler does: the whole job, DataLoader workers too
     _, stderr = first.communicate(timeout=60)
     assert first.returncode == 143, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
     names = pd.read_csv(out)["image"].tolist()
-    assert 0 < len(names) == len(set(names)) < 1000
+    assert 0 < len(names) == len(set(names)) < 4000
     finished = subprocess.run(command + ["--resume"], capture_output=True, text=True, check=False)
     assert finished.returncode == 0, finished.stderr
     names = pd.read_csv(out)["image"].tolist()
@@ -163,12 +193,29 @@ def test_sigterm_to_the_job_stops_cleanly_a_second_run_is_refused_and_resume_com
 
 def test_sigterm_on_json_writes_a_valid_array_that_resume_completes(tmp_path, tiny_weights, many):
     out = tmp_path / "out.json"
-    command = [sys.executable, "-m", "fkpbatch", "predict", str(many), "-w", str(tiny_weights), "-o", str(out),
-               "--detect", "never", "--batch-size", "4", "--workers", "0", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "fkpbatch",
+        "predict",
+        str(many),
+        "-w",
+        str(tiny_weights),
+        "-o",
+        str(out),
+        "--detect",
+        "never",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "-q",
+    ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not [p for p in tmp_path.glob(".out.json.*.tmp")
-                                          if "fkpbatch" not in p.name and p.stat().st_size > 5000]:
+    while time.time() < deadline and not [
+        p for p in tmp_path.glob(".out.json.*.tmp") if "fkpbatch" not in p.name and p.stat().st_size > 5000
+    ]:
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
@@ -215,19 +262,39 @@ def test_resume_never_modifies_a_file_fkpbatch_did_not_write(tmp_path, tiny_weig
         assert payroll.read_bytes() == b"name,salary\nalice,100\nbob,2"
 
 
-@pytest.mark.parametrize("change", [["--points", "68"], ["--detect", "always"], ["--format", "jsonl"], ["--raw-names"],
-                                    ["--weights"], ["--faces", "largest"], ["--shard", "0/2"]])
-def test_resume_with_other_options_exits_2_and_leaves_the_file_as_it_was(tmp_path, tiny_weights, weights68,
-                                                                         two_images, change):
+@pytest.mark.parametrize(
+    "change",
+    [
+        ["--points", "68"],
+        ["--detect", "always"],
+        ["--format", "jsonl"],
+        ["--raw-names"],
+        ["--weights"],
+        ["--faces", "largest"],
+        ["--shard", "0/2"],
+    ],
+)
+def test_resume_with_other_options_exits_2_and_leaves_the_file_as_it_was(
+    tmp_path, tiny_weights, weights68, two_images, change
+):
     out = tmp_path / "out.csv"
     assert _predict(*two_images, "-w", weights68, "-o", out).exit_code == 0
     before = out.read_bytes()
     out.write_bytes(before[:-7])  # as a killed run left it
     before = out.read_bytes()
     args = [*two_images, "-w", tiny_weights if change == ["--weights"] else weights68, "-o", out, "--resume"]
-    result = runner.invoke(app, ["predict", *map(str, args), "--workers", "0", "-q",
-                                 *([] if change[0] in ("--detect", "--weights") else ["--detect", "never"]),
-                                 *([] if change == ["--weights"] else change)])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            *map(str, args),
+            "--workers",
+            "0",
+            "-q",
+            *([] if change[0] in ("--detect", "--weights") else ["--detect", "never"]),
+            *([] if change == ["--weights"] else change),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "other options" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert out.read_bytes() == before
@@ -300,8 +367,22 @@ def test_merge_never_replaces_an_existing_file_or_an_input(tmp_path, tiny_weight
 
 # 7 + 8. Any name round-trips; spreadsheet-safe cells ---------------------------------------------------
 
-ODD = ["cr\rname.png", "lf\nname.png", "tab\tname.png", 'quote"name.png', "comma,name.png", "=1+1.png", "+x.png",
-       "-x.png", "@x.png", "\tlead.png", "\rlead.png", "'quoted.png", "line\u2028sep.png", "nel\x85.png"]
+ODD = [
+    "cr\rname.png",
+    "lf\nname.png",
+    "tab\tname.png",
+    'quote"name.png',
+    "comma,name.png",
+    "=1+1.png",
+    "+x.png",
+    "-x.png",
+    "@x.png",
+    "\tlead.png",
+    "\rlead.png",
+    "'quoted.png",
+    "line\u2028sep.png",
+    "nel\x85.png",
+]
 
 
 @pytest.fixture()
@@ -328,7 +409,8 @@ def test_any_name_is_one_csv_row_through_csv_pandas_resume_and_merge(tmp_path, t
     out.write_bytes(whole[: len(whole) * 2 // 3])  # killed two thirds of the way through
     assert _predict(folder, "-w", tiny_weights, "-o", out, "--resume").exit_code == 0
     assert sorted(r["image"] for r in csv.DictReader(io.StringIO(out.read_bytes().decode(), newline=""))) == sorted(
-        r["image"] for r in rows)
+        r["image"] for r in rows
+    )
     shards = [tmp_path / f"s{k}.csv" for k in range(2)]
     for k, shard in enumerate(shards):
         assert _predict(folder, "-w", tiny_weights, "-o", shard, "--shard", f"{k}/2").exit_code == 0
@@ -364,7 +446,19 @@ def test_csv_cells_that_would_be_formulas_are_prefixed_and_numbers_stay_numbers(
     assert sorted(pd.read_csv(raw)["image"]) == names
     wide = tmp_path / "wide.csv"  # not square: the whole-image box starts above the image, a negative number
     gradient_image((60, 40)).save("-wide.png")
-    args = ["predict", "-w", str(tiny_weights), "-o", str(wide), "--detect", "never", "--workers", "0", "--", "-wide.png"]
+    args = [
+        "predict",
+        "-w",
+        str(tiny_weights),
+        "-o",
+        str(wide),
+        "--detect",
+        "never",
+        "--workers",
+        "0",
+        "--",
+        "-wide.png",
+    ]
     assert runner.invoke(app, args).exit_code == 0
     assert wide.read_text().splitlines()[1].startswith("'-wide.png,0,ok,,60,40,,0.0,-10.0,60.0,60.0,")
     assert pd.read_csv(wide)["box_y"].tolist() == [-10.0]
@@ -375,4 +469,3 @@ def test_output_extension_is_checked_unless_format_is_given(tmp_path, tiny_weigh
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1 and "--format" in result.stderr
     assert not (tmp_path / "out.xlsx").exists()
     assert _predict(*two_images, "-w", tiny_weights, "-o", tmp_path / "out.txt", "--format", "csv").exit_code == 0
-

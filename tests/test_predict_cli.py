@@ -49,7 +49,12 @@ def test_csv_on_stdout_has_the_exact_columns_and_one_row_per_image(folder, tiny_
     table = pd.read_csv(io.StringIO(result.stdout))
     assert list(table.columns) == EXPECTED_COLUMNS
     name = str(folder)
-    assert table["image"].tolist() == [f"{name}/a.jpg", f"{name}/broken.jpg", f"{name}/sub/b.jpg", f"{name}/sub/wall.png"]
+    assert table["image"].tolist() == [
+        f"{name}/a.jpg",
+        f"{name}/broken.jpg",
+        f"{name}/sub/b.jpg",
+        f"{name}/sub/wall.png",
+    ]
     status = dict(zip(table["image"].str.replace(name + "/", ""), table["status"]))
     assert status == {"a.jpg": "ok", "broken.jpg": "error", "sub/b.jpg": "ok", "sub/wall.png": "no_face"}
     broken = table[table["status"] == "error"].iloc[0]
@@ -91,7 +96,10 @@ def test_existing_output_is_not_overwritten_without_overwrite(folder, tiny_weigh
     [
         (["/no/such/folder"], "/no/such/folder: no such file or folder"),
         # choice options are Enums: the parser checks them, all with one message form
-        (["--detect", "sometimes"], "Invalid value for '--detect': Value error, 'sometimes' is not one of 'auto', 'always', 'never'"),
+        (
+            ["--detect", "sometimes"],
+            "Invalid value for '--detect': Value error, 'sometimes' is not one of 'auto', 'always', 'never'",
+        ),
         (["--faces", "some"], "Invalid value for '--faces': Value error, 'some' is not one of 'all', 'largest'"),
         (["--points", "5"], "Invalid value for '--points': Value error, '5' is not one of '15', '68'"),
         (["--batch-size", "0"], "Invalid value for '--batch-size' / '-b'"),
@@ -100,7 +108,13 @@ def test_existing_output_is_not_overwritten_without_overwrite(folder, tiny_weigh
 )
 def test_usage_errors_are_one_line_and_exit_2(folder, tiny_weights, args, message):
     """Through the real entry point: the parser's own errors are one line too, not a framed box."""
-    command = [sys.executable, "-m", "fkpbatch", "predict", *(args if args[0].startswith("/") else [str(folder), *args])]
+    command = [
+        sys.executable,
+        "-m",
+        "fkpbatch",
+        "predict",
+        *(args if args[0].startswith("/") else [str(folder), *args]),
+    ]
     result = subprocess.run([*command, "-w", str(tiny_weights)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
@@ -114,7 +128,10 @@ def test_corrupt_or_foreign_weights_exit_2_with_one_line(folder, tmp_path):
     import torch
 
     torch.save({"state_dict": {}}, foreign)
-    for weights, message in [(corrupt, "is not a readable PyTorch checkpoint"), (foreign, "was not written by fkpbatch train")]:
+    for weights, message in [
+        (corrupt, "is not a readable PyTorch checkpoint"),
+        (foreign, "was not written by fkpbatch train"),
+    ]:
         result = invoke(folder, "-w", weights)
         assert result.exit_code == 2 and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
@@ -164,7 +181,9 @@ def test_points_68_needs_weights_that_have_them(folder, tiny_weights):
 
 
 def test_points_68_adds_the_ibug_columns(shipped_weights):
-    result = invoke(REPO / "examples" / "Celso_Lafer_12.jpg", "-w", shipped_weights, "--points", "68", "--workers", "0", "-q")
+    result = invoke(
+        REPO / "examples" / "Celso_Lafer_12.jpg", "-w", shipped_weights, "--points", "68", "--workers", "0", "-q"
+    )
     table = pd.read_csv(io.StringIO(result.stdout))
     assert list(table.columns) == EXPECTED_COLUMNS + coordinate_columns([f"p{i}" for i in range(68)])
     row = table.iloc[0]

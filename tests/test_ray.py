@@ -33,9 +33,16 @@ def test_ray_run_equals_the_local_run(tmp_path, tiny_weights, local_ray):
         shutil.copy(photo, folder / photo.name)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     (folder / "notes.txt").write_text("skipped")
-    local = pd.read_csv(io.StringIO(runner.invoke(app, ["predict", str(folder), "-w", str(tiny_weights), "--workers", "0", "-q"]).stdout))
+    local = pd.read_csv(
+        io.StringIO(
+            runner.invoke(app, ["predict", str(folder), "-w", str(tiny_weights), "--workers", "0", "-q"]).stdout
+        )
+    )
     out = tmp_path / "ray-out"
-    result = runner.invoke(app, ["predict", str(folder), "-w", str(tiny_weights), "--engine", "ray", "-o", str(out), "-q", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        ["predict", str(folder), "-w", str(tiny_weights), "--engine", "ray", "-o", str(out), "-q", "--device", "cpu"],
+    )
     assert result.exit_code == 0, result.output
     shards = pd.concat([pd.read_csv(p) for p in sorted(out.glob("*.csv"))])
     assert list(shards.columns) == list(local.columns)
@@ -47,5 +54,7 @@ def test_ray_run_equals_the_local_run(tmp_path, tiny_weights, local_ray):
 
 def test_ray_refuses_a_non_empty_output_folder(tmp_path, tiny_weights):
     (tmp_path / "old.csv").write_text("x")
-    result = runner.invoke(app, ["predict", str(REPO / "examples"), "-w", str(tiny_weights), "--engine", "ray", "-o", str(tmp_path)])
+    result = runner.invoke(
+        app, ["predict", str(REPO / "examples"), "-w", str(tiny_weights), "--engine", "ray", "-o", str(tmp_path)]
+    )
     assert result.exit_code == 2 and "is not empty" in result.stderr

@@ -35,7 +35,8 @@ def test_readme_python_example_runs(index, tmp_path):
     script = tmp_path / f"example_{index}.py"
     script.write_text(usage_python_blocks()[index], encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, f"README example {index} failed:\n{usage_python_blocks()[index]}\n{run.stderr[-3000:]}"
     assert run.stdout.strip(), "an example that prints nothing shows the reader nothing"

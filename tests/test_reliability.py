@@ -53,7 +53,7 @@ def build_zoo(root):
     add("one.png", "no_face")
     gradient_image((4, 4000)).save(root / "sliver.png")
     add("sliver.png", "no_face")
-    Image.fromarray((np.asarray(Image.open(FACE).convert("L"), dtype=np.uint16) * 257)).save(root / "sixteen.png")
+    Image.fromarray(np.asarray(Image.open(FACE).convert("L"), dtype=np.uint16) * 257).save(root / "sixteen.png")
     add("sixteen.png", "ok")
     Image.open(FACE).convert("CMYK").save(root / "cmyk.jpg")
     add("cmyk.jpg", "ok")
@@ -80,7 +80,9 @@ def build_zoo(root):
 
 def test_the_whole_bad_input_zoo_in_one_run(tmp_path, tiny_weights):
     expected = build_zoo(tmp_path / "zoo")
-    result = runner.invoke(app, ["predict", str(tmp_path / "zoo"), "-w", str(tiny_weights), "--workers", "2", "--max-pixels", "50000000"])
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "zoo"), "-w", str(tiny_weights), "--workers", "2", "--max-pixels", "50000000"]
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(io.StringIO(result.stdout))
     per_image = table.groupby("image")["status"].agg(set).to_dict()
@@ -102,8 +104,22 @@ def test_killed_twice_then_resumed_every_image_once(tmp_path, tiny_weights):
     for i in range(120):
         shutil.copy(FACE, folder / f"face{i:03d}.jpg")
     out = tmp_path / "out.csv"
-    command = [sys.executable, "-m", "fkpbatch", "predict", str(folder), "-w", str(tiny_weights), "-o", str(out),
-               "--batch-size", "4", "--workers", "1", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "fkpbatch",
+        "predict",
+        str(folder),
+        "-w",
+        str(tiny_weights),
+        "-o",
+        str(out),
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     for attempt in range(2):
         before = len(_rows(out)) if out.exists() else 0
         process = subprocess.Popen(command + (["--resume"] if attempt else []), cwd=tmp_path)
@@ -126,7 +142,18 @@ def test_resume_cuts_a_torn_last_line(tmp_path, tiny_weights):
     shutil.copy(FACE, tmp_path / "a.jpg")
     shutil.copy(FACE, tmp_path / "b.jpg")
     out = tmp_path / "out.csv"
-    args = ["predict", str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"), "-w", str(tiny_weights), "--workers", "0", "-q", "-o", str(out)]
+    args = [
+        "predict",
+        str(tmp_path / "a.jpg"),
+        str(tmp_path / "b.jpg"),
+        "-w",
+        str(tiny_weights),
+        "--workers",
+        "0",
+        "-q",
+        "-o",
+        str(out),
+    ]
     assert runner.invoke(app, args).exit_code == 0
     whole = out.read_text()
     out.write_text(whole[: whole.rindex("\n", 0, len(whole) - 1) + 1] + whole.splitlines()[-1][:25])  # b's row torn
@@ -137,19 +164,25 @@ def test_resume_cuts_a_torn_last_line(tmp_path, tiny_weights):
 def test_output_never_replaces_an_input_and_annotations_stay_inside(tmp_path, tiny_weights, monkeypatch):
     target = tmp_path / "face.jpg"
     shutil.copy(FACE, target)
-    result = runner.invoke(app, ["predict", str(target), "-w", str(tiny_weights), "-o", str(target), "--overwrite", "-f", "csv"])
+    result = runner.invoke(
+        app, ["predict", str(target), "-w", str(tiny_weights), "-o", str(target), "--overwrite", "-f", "csv"]
+    )
     assert result.exit_code == 2 and "is one of the input files" in result.stderr
     assert target.read_bytes() == FACE.read_bytes()
     os.link(target, tmp_path / "alias.csv")  # the same file under another name: compared by inode, not by path
     for extra in (["--overwrite"], ["--resume"]):
-        result = runner.invoke(app, ["predict", str(target), "-w", str(tiny_weights), "-o", str(tmp_path / "alias.csv"), *extra])
+        result = runner.invoke(
+            app, ["predict", str(target), "-w", str(tiny_weights), "-o", str(tmp_path / "alias.csv"), *extra]
+        )
         assert result.exit_code == 2 and "is one of the input files" in result.stderr
         assert target.read_bytes() == FACE.read_bytes()
     annotated = tmp_path / "ann"
     relative = os.path.relpath(target, tmp_path / "deep" / "er")
     (tmp_path / "deep" / "er").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "deep" / "er")
-    result = runner.invoke(app, ["predict", relative, "-w", str(tiny_weights), "--workers", "0", "-q", "--annotate", str(annotated)])
+    result = runner.invoke(
+        app, ["predict", relative, "-w", str(tiny_weights), "--workers", "0", "-q", "--annotate", str(annotated)]
+    )
     assert result.exit_code == 0, result.output  # "../../face.jpg" lands at ann/face.jpg, not outside
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".jpg"]
     assert sorted(str(p.relative_to(tmp_path)) for p in written) == ["ann/face.jpg", "face.jpg"]
@@ -172,11 +205,29 @@ def test_ctrl_c_flushes_whole_rows_says_how_to_resume_and_exits_130(tmp_path, ti
     for i in range(count):
         (folder / f"face{i:03d}.jpg").symlink_to(FACE)
     out = tmp_path / "out.csv"
-    process = subprocess.Popen([sys.executable, "-m", "fkpbatch", "predict", str(folder), "-w", str(tiny_weights), "-o", str(out),
-                                "--batch-size", "4", "--workers", "1", "--quiet"], stderr=subprocess.PIPE, text=True,
-                               # a shell that started pytest in the background (nohup, &) leaves SIGINT
-                               # ignored, and Python then never raises KeyboardInterrupt: restore it
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fkpbatch",
+            "predict",
+            str(folder),
+            "-w",
+            str(tiny_weights),
+            "-o",
+            str(out),
+            "--batch-size",
+            "4",
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell that started pytest in the background (nohup, &) leaves SIGINT
+        # ignored, and Python then never raises KeyboardInterrupt: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 5):
         time.sleep(0.02)

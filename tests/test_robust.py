@@ -34,9 +34,16 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 def cli(*args, stdin=subprocess.DEVNULL, timeout=120, close_stdin=False):
     """The real CLI in a subprocess: stderr as the user sees it (tracebacks, C-level prints)."""
-    return subprocess.run([PY, "-m", "fkpbatch", *map(str, args)], cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=timeout, stdin=None if close_stdin else stdin,
-                          preexec_fn=(lambda: os.close(0)) if close_stdin else None)
+    return subprocess.run(
+        [PY, "-m", "fkpbatch", *map(str, args)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=None if close_stdin else stdin,
+        preexec_fn=(lambda: os.close(0)) if close_stdin else None,
+    )
 
 
 def one_line_error(result, code=2):
@@ -75,13 +82,17 @@ _VALID = object()
 def write_spec_checkpoint(path, spec_dict=_VALID, state=None, arch="fkpnet_tiny", size=48):
     spec = ModelSpec(arch, KAGGLE_POINTS, size, Framing())
     model = spec.build()
-    payload = {"format": checkpoint.FORMAT, "spec": spec.to_dict() if spec_dict is _VALID else spec_dict,
-               "model": state if state is not None else model.state_dict()}
+    payload = {
+        "format": checkpoint.FORMAT,
+        "spec": spec.to_dict() if spec_dict is _VALID else spec_dict,
+        "model": state if state is not None else model.state_dict(),
+    }
     torch.save(payload, path)
     return path
 
 
 # --- 5. never over inputs, existing files or through links -------------------------------------------
+
 
 def test_export_refuses_existing_files_inputs_and_links(tmp_path, tiny_weights):
     before = tiny_weights.read_bytes()
@@ -119,22 +130,52 @@ def test_evaluate_json_and_submission_never_replace_inputs_or_existing_files(tmp
     pd.DataFrame({"RowId": [1], "ImageId": [1], "FeatureName": ["nose_tip_x"]}).to_csv(lookup, index=False)
     saved = lookup.read_bytes()
     for target in (test, lookup):
-        result = runner.invoke(app, ["submission", str(test), "--lookup", str(lookup), "-w", str(tiny_weights),
-                                     "-o", str(target), "--overwrite"])
+        result = runner.invoke(
+            app,
+            [
+                "submission",
+                str(test),
+                "--lookup",
+                str(lookup),
+                "-w",
+                str(tiny_weights),
+                "-o",
+                str(target),
+                "--overwrite",
+            ],
+        )
         assert result.exit_code == 2 and "input" in result.output
     assert lookup.read_bytes() == saved
     out = tmp_path / "submission.csv"
     out.write_text("old")
-    assert runner.invoke(app, ["submission", str(test), "--lookup", str(lookup), "-w", str(tiny_weights),
-                               "-o", str(out)]).exit_code == 2
+    assert (
+        runner.invoke(
+            app, ["submission", str(test), "--lookup", str(lookup), "-w", str(tiny_weights), "-o", str(out)]
+        ).exit_code
+        == 2
+    )
     assert out.read_text() == "old"
-    result = runner.invoke(app, ["submission", str(test), "--lookup", str(lookup), "-w", str(tiny_weights),
-                                 "-o", str(out), "--overwrite"])
+    result = runner.invoke(
+        app, ["submission", str(test), "--lookup", str(lookup), "-w", str(tiny_weights), "-o", str(out), "--overwrite"]
+    )
     assert result.exit_code == 0 and out.read_text().startswith("RowId,Location")
 
 
-TRAIN = ["--arch", "fkpnet_tiny", "--input-size", "32", "--epochs", "1", "-b", "4", "--workers", "0", "--quiet",
-         "--device", "cpu"]
+TRAIN = [
+    "--arch",
+    "fkpnet_tiny",
+    "--input-size",
+    "32",
+    "--epochs",
+    "1",
+    "-b",
+    "4",
+    "--workers",
+    "0",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +233,7 @@ def test_onnx_cache_never_uses_a_swapped_stale_or_linked_entry(tmp_path, monkeyp
 
 # --- 6. discovery never hangs, never hides ---------------------------------------------------------
 
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_fifos_are_skipped_and_counted_never_opened(tmp_path, tiny_weights):
     folder = photos(tmp_path / "in", 2)
@@ -200,8 +242,23 @@ def test_fifos_are_skipped_and_counted_never_opened(tmp_path, tiny_weights):
     listing = tmp_path / "list.txt"
     listing.write_text(f"{tmp_path / 'given.png'}\n")
     out = tmp_path / "out.csv"
-    result = cli("predict", folder, folder / "pipe.jpg", "--from-list", listing, "-w", tiny_weights, "--workers", "1",
-                 "--detect", "never", "-o", out, "--strict", timeout=90)
+    result = cli(
+        "predict",
+        folder,
+        folder / "pipe.jpg",
+        "--from-list",
+        listing,
+        "-w",
+        tiny_weights,
+        "--workers",
+        "1",
+        "--detect",
+        "never",
+        "-o",
+        out,
+        "--strict",
+        timeout=90,
+    )
     assert result.returncode == 0, result.stderr
     assert "2 images" in result.stderr and "2 skipped" in result.stderr
     assert sorted(pd.read_csv(out)["image"]) == sorted(str(p) for p in folder.glob("p*.png"))
@@ -219,8 +276,22 @@ def test_unreadable_folders_are_error_rows_and_fail_strict(tmp_path, tiny_weight
 
     monkeypatch.setattr(os, "scandir", scandir)
     out = tmp_path / "out.csv"
-    result = runner.invoke(app, ["predict", str(folder), "-w", str(tiny_weights), "--workers", "0", "--detect", "never",
-                                 "-o", str(out), "--strict"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(folder),
+            "-w",
+            str(tiny_weights),
+            "--workers",
+            "0",
+            "--detect",
+            "never",
+            "-o",
+            str(out),
+            "--strict",
+        ],
+    )
     assert result.exit_code == 1, result.output
     rows = pd.read_csv(out, keep_default_na=False).set_index("image")
     assert rows.loc[str(locked), "status"] == "error" and "cannot read folder" in rows.loc[str(locked), "error"]
@@ -232,14 +303,29 @@ def test_an_explicit_symlink_loop_is_one_error_row(tmp_path, tiny_weights):
     loop = tmp_path / "loop.jpg"
     loop.symlink_to(loop)
     out = tmp_path / "out.csv"
-    result = runner.invoke(app, ["predict", str(folder), str(loop), "-w", str(tiny_weights), "--workers", "0",
-                                 "--detect", "never", "-o", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(folder),
+            str(loop),
+            "-w",
+            str(tiny_weights),
+            "--workers",
+            "0",
+            "--detect",
+            "never",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0 and "Traceback" not in result.output
     rows = pd.read_csv(out, keep_default_na=False).set_index("image")
     assert rows.loc[str(loop), "status"] == "error" and "loop" in rows.loc[str(loop), "error"]
 
 
 # --- 9. one line, never a traceback ------------------------------------------------------------------
+
 
 def test_environment_errors_are_one_line(tmp_path, tiny_weights):
     folder = photos(tmp_path / "in", 1)
@@ -281,13 +367,18 @@ def test_damaged_metrics_on_resume_is_one_line(tiny_run, tmp_path):
     shutil.copytree(source, run)
     for damage in ('{"epoch": 1, "train_loss": 0.1', "[1, 2]\n", "\x00\x01\n"):
         (run / "metrics.jsonl").write_text(damage)
-        line = one_line_error(runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--workers", "0",
-                                                   "--quiet", "--device", "cpu"]))
+        line = one_line_error(
+            runner.invoke(
+                app, ["train", "--resume", str(run), "--epochs", "2", "--workers", "0", "--quiet", "--device", "cpu"]
+            )
+        )
         assert "metrics.jsonl" in line
 
 
 MALFORMED_SPECS = [
-    None, [], "spec",
+    None,
+    [],
+    "spec",
     {"keypoints": list(KAGGLE_POINTS), "input_size": 48, "framing": {"scale": 1.3, "shift": 0.3}},
     {"arch": "fkpnet_tiny", "input_size": 48, "framing": {"scale": 1.3, "shift": 0.3}},
     {"arch": "fkpnet_tiny", "keypoints": "abc", "input_size": 48, "framing": {"scale": 1.3, "shift": 0.3}},
@@ -297,9 +388,15 @@ MALFORMED_SPECS = [
     {"arch": 7, "keypoints": list(KAGGLE_POINTS), "input_size": 48, "framing": {"scale": 1.3, "shift": 0.3}},
 ]
 NONSENSE_SPECS = [
-    {"input_size": 0}, {"input_size": -48}, {"input_size": True}, {"input_size": 2},
-    {"framing": {"scale": 0.0, "shift": 0.3}}, {"framing": {"scale": -1.3, "shift": 0.3}},
-    {"framing": {"scale": float("nan"), "shift": 0.3}}, {"pixel_scale": 0.0}, {"pixel_scale": float("inf")},
+    {"input_size": 0},
+    {"input_size": -48},
+    {"input_size": True},
+    {"input_size": 2},
+    {"framing": {"scale": 0.0, "shift": 0.3}},
+    {"framing": {"scale": -1.3, "shift": 0.3}},
+    {"framing": {"scale": float("nan"), "shift": 0.3}},
+    {"pixel_scale": 0.0},
+    {"pixel_scale": float("inf")},
 ]
 
 
@@ -322,6 +419,7 @@ def test_a_bad_checkpoint_is_one_line_for_every_command(tmp_path):
 
 # --- 10. no silent garbage ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_weights_are_refused_with_exit_2(tmp_path, value):
     spec = ModelSpec("fkpnet_tiny", KAGGLE_POINTS, 48, Framing())
@@ -343,8 +441,9 @@ def test_a_run_where_every_image_fails_alike_exits_non_zero(tmp_path, tiny_weigh
 
     monkeypatch.setattr(engine, "load_image", missing_library)
     folder = photos(tmp_path / "in", 3)
-    result = runner.invoke(app, ["predict", str(folder), "-w", str(tiny_weights), "--workers", "0",
-                                 "-o", str(tmp_path / "out.csv")])
+    result = runner.invoke(
+        app, ["predict", str(folder), "-w", str(tiny_weights), "--workers", "0", "-o", str(tmp_path / "out.csv")]
+    )
     assert result.exit_code == 1, result.output
     assert set(pd.read_csv(tmp_path / "out.csv")["status"]) == {"error"}
 
@@ -357,12 +456,17 @@ def test_training_on_labels_that_are_all_missing_is_refused(tmp_path):
 
 # --- 11. options are never silently ignored ----------------------------------------------------------
 
-@pytest.mark.parametrize("option", [["--annotate", "ann"], ["--resume"], ["--shard", "0/2"], ["--strict"],
-                                    ["--overwrite"], ["--workers", "2"]])
+
+@pytest.mark.parametrize(
+    "option",
+    [["--annotate", "ann"], ["--resume"], ["--shard", "0/2"], ["--strict"], ["--overwrite"], ["--workers", "2"]],
+)
 def test_ray_refuses_what_it_does_not_implement(tmp_path, tiny_weights, option):
     folder = photos(tmp_path / "in", 1)
-    result = runner.invoke(app, ["predict", str(folder), "-w", str(tiny_weights), "--engine", "ray",
-                                 "-o", str(tmp_path / "shards"), *option])
+    result = runner.invoke(
+        app,
+        ["predict", str(folder), "-w", str(tiny_weights), "--engine", "ray", "-o", str(tmp_path / "shards"), *option],
+    )
     line = one_line_error(result)
     assert option[0] in line and not (tmp_path / "shards").exists()
 
@@ -440,12 +544,14 @@ def test_every_architecture_trains_channels_last_without_a_native_crash(arch):
     """In a subprocess, so a native crash (the strided 1x1 conv backward on AVX-512) fails the test
     instead of killing pytest; batch sizes 3 and 5 as train.py runs them (channels-last)."""
     steps = 1 if arch == "seed" else 2
-    result = subprocess.run([PY, "-c", TRAIN_STEPS, arch, str(steps)], cwd=REPO, env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [PY, "-c", TRAIN_STEPS, arch, str(steps)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, f"{arch}: exit {result.returncode}\n{result.stderr[-2000:]}"
 
 
 # --- 13. the seed network's ONNX fallback is quiet -----------------------------------------------------
+
 
 def test_predict_with_a_seed_checkpoint_prints_no_exporter_graph(tmp_path):
     spec = ModelSpec("seed", KAGGLE_POINTS, 96, Framing())
@@ -454,9 +560,28 @@ def test_predict_with_a_seed_checkpoint_prints_no_exporter_graph(tmp_path):
     save_checkpoint(weights, spec, spec.build())
     folder = photos(tmp_path / "in", 2)
     env = {**ENV, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    result = subprocess.run([PY, "-m", "fkpbatch", "predict", str(folder), "-w", str(weights), "--workers", "0",
-                             "--detect", "never", "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            PY,
+            "-m",
+            "fkpbatch",
+            "predict",
+            str(folder),
+            "-w",
+            str(weights),
+            "--workers",
+            "0",
+            "--detect",
+            "never",
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     for text in (result.stdout, result.stderr):
         assert "Torch IR" not in text and "aten::" not in text, text[:2000]

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from fkpbatch.cli import app
 from fkpbatch.augment import hflip_with_swap
+from fkpbatch.cli import app
 from fkpbatch.datasets import FaceDataset, FaceTable, load_kaggle_csv
 from fkpbatch.errors import DataError
 from fkpbatch.keypoints import KAGGLE_POINTS, coordinate_columns, flip_permutation
@@ -35,7 +35,10 @@ def make_kaggle_csv(path, rows=48, missing_every=3):
         face = crop_face(Image.open(data / "images" / row["image"]).convert("L"), box, 96)
         kaggle = to_unit(points, box) * 96 - 0.5
         if i % missing_every == 0:
-            keep = [KAGGLE_POINTS.index(n) for n in ("left_eye_center", "right_eye_center", "nose_tip", "mouth_center_bottom_lip")]
+            keep = [
+                KAGGLE_POINTS.index(n)
+                for n in ("left_eye_center", "right_eye_center", "nose_tip", "mouth_center_bottom_lip")
+            ]
             kaggle[[k for k in range(15) if k not in keep]] = np.nan
         record = dict(zip(COLUMNS, kaggle.reshape(-1)))
         record["Image"] = " ".join(map(str, np.asarray(face).reshape(-1)))
@@ -52,7 +55,9 @@ def kaggle_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(kaggle_csv, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "seed"
-    result = runner.invoke(app, ["train", str(kaggle_csv), "--epochs", "3", "-b", "16", "--workers", "0", "-o", str(run), "--quiet"])
+    result = runner.invoke(
+        app, ["train", str(kaggle_csv), "--epochs", "3", "-b", "16", "--workers", "0", "-o", str(run), "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     return run
 
@@ -90,15 +95,49 @@ def test_resume_continues_the_epoch_count(trained_run, tmp_path):
 def test_init_fine_tunes_from_given_weights_and_refuses_a_foreign_model(trained_run, kaggle_csv, tmp_path):
     source = trained_run / "best.pt"
     run = tmp_path / "tuned"
-    result = runner.invoke(app, ["train", str(kaggle_csv), "--init", str(source), "--lr", "0", "--epochs", "1", "-b", "16",
-                                 "--workers", "0", "-o", str(run), "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(kaggle_csv),
+            "--init",
+            str(source),
+            "--lr",
+            "0",
+            "--epochs",
+            "1",
+            "-b",
+            "16",
+            "--workers",
+            "0",
+            "-o",
+            str(run),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     before = torch.load(source, weights_only=True)["model"]
     after = torch.load(run / "last.pt", weights_only=True)["model"]
     learned = [k for k in before if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert learned and all(torch.equal(before[k], after[k]) for k in learned)  # lr 0: the weights are the given ones
-    foreign = runner.invoke(app, ["train", str(kaggle_csv), "--init", str(source), "--arch", "fkpnet_tiny", "--epochs", "1",
-                                  "--workers", "0", "-o", str(tmp_path / "other"), "--quiet"])
+    foreign = runner.invoke(
+        app,
+        [
+            "train",
+            str(kaggle_csv),
+            "--init",
+            str(source),
+            "--arch",
+            "fkpnet_tiny",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "-o",
+            str(tmp_path / "other"),
+            "--quiet",
+        ],
+    )
     assert foreign.exit_code == 2 and str(source) in foreign.stderr and "seed model with 15 points" in foreign.stderr
 
 
@@ -113,7 +152,13 @@ def test_trained_weights_drive_predict_evaluate_and_submission(trained_run, kagg
     frame = pd.read_csv(kaggle_csv).head(2)
     pd.DataFrame({"ImageId": [1, 2], "Image": frame["Image"]}).to_csv(test_csv, index=False)
     lookup = tmp_path / "IdLookupTable.csv"
-    pd.DataFrame({"RowId": [1, 2, 3], "ImageId": [1, 1, 2], "FeatureName": ["left_eye_center_x", "nose_tip_y", "mouth_left_corner_x"]}).to_csv(lookup, index=False)
+    pd.DataFrame(
+        {
+            "RowId": [1, 2, 3],
+            "ImageId": [1, 1, 2],
+            "FeatureName": ["left_eye_center_x", "nose_tip_y", "mouth_left_corner_x"],
+        }
+    ).to_csv(lookup, index=False)
     out = tmp_path / "submission.csv"
     result = runner.invoke(app, ["submission", str(test_csv), "--lookup", str(lookup), "-w", str(best), "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -166,7 +211,11 @@ def test_failures_count_faces_not_found_and_quality_ranks_errors():
 def test_group_split_keeps_each_person_on_one_side():
     from fkpbatch.datasets import split_by_group
 
-    names = [f"{person}_{frame:02d}.jpg" for person in ("Abdel_Aziz_Al-Hakim", "Celso_Lafer", "Kate_Moss", "X_Y_Z") for frame in range(30)]
+    names = [
+        f"{person}_{frame:02d}.jpg"
+        for person in ("Abdel_Aziz_Al-Hakim", "Celso_Lafer", "Kate_Moss", "X_Y_Z")
+        for frame in range(30)
+    ]
     mask = split_by_group(names, 0.5, r"^(.+)_[^_]+$", seed=3)
     by_person = {}
     for name, is_val in zip(names, mask):
@@ -186,8 +235,27 @@ def test_folder_csv_training_feeds_predict_with_68_points(tmp_path):
     labels.loc[len(labels)] = ["missing_00.jpg"] + [1.0] * (labels.shape[1] - 1)  # a row whose photo is gone
     labels.to_csv(folder / "keypoints.csv", index=False)
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(folder / "keypoints.csv"), "--arch", "fkpnet_tiny", "--points", "68", "--epochs", "1",
-                                 "--workers", "0", "--val-split", "0.25", "--label-offset", "1,1", "-o", str(run)])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(folder / "keypoints.csv"),
+            "--arch",
+            "fkpnet_tiny",
+            "--points",
+            "68",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--val-split",
+            "0.25",
+            "--label-offset",
+            "1,1",
+            "-o",
+            str(run),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "1 image(s) missing or unreadable, e.g. line 14: missing_00.jpg" in result.stderr
     config = json.loads((run / "config.json").read_text())
@@ -195,9 +263,13 @@ def test_folder_csv_training_feeds_predict_with_68_points(tmp_path):
     resumed = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--workers", "0", "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((run / "config.json").read_text())["label_offsets"] == [[1.0, 1.0]]
-    result = runner.invoke(app, ["predict", str(folder / "images"), "-w", str(run / "best.pt"), "--points", "68", "--workers", "0", "-q"])
+    result = runner.invoke(
+        app, ["predict", str(folder / "images"), "-w", str(run / "best.pt"), "--points", "68", "--workers", "0", "-q"]
+    )
     assert result.exit_code == 0 and "p67_y" in result.stdout.splitlines()[0]
-    strict = runner.invoke(app, ["train", str(folder / "keypoints.csv"), "--strict", "--epochs", "1", "-o", str(tmp_path / "r2")])
+    strict = runner.invoke(
+        app, ["train", str(folder / "keypoints.csv"), "--strict", "--epochs", "1", "-o", str(tmp_path / "r2")]
+    )
     assert strict.exit_code == 2 and "missing_00.jpg" in strict.stderr
 
 
@@ -220,15 +292,48 @@ def test_label_offset_survives_a_flip():
 
 
 def test_label_offset_is_given_once_per_csv(kaggle_csv, tmp_path):
-    result = runner.invoke(app, ["train", str(kaggle_csv), str(kaggle_csv), "--label-offset", "1,1", "--epochs", "1", "-o", str(tmp_path / "r")])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(kaggle_csv),
+            str(kaggle_csv),
+            "--label-offset",
+            "1,1",
+            "--epochs",
+            "1",
+            "-o",
+            str(tmp_path / "r"),
+        ],
+    )
     assert result.exit_code == 2 and "once per training CSV (2)" in result.stderr
-    result = runner.invoke(app, ["train", str(kaggle_csv), "--label-offset", "1;1", "--epochs", "1", "-o", str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["train", str(kaggle_csv), "--label-offset", "1;1", "--epochs", "1", "-o", str(tmp_path / "r")]
+    )
     assert result.exit_code == 2 and "DX,DY" in result.stderr
 
 
 def test_a_diverging_loss_stops_with_the_epoch_and_batch(kaggle_csv, tmp_path):
-    result = runner.invoke(app, ["train", str(kaggle_csv), "--arch", "fkpnet_tiny", "--lr", "1e30", "--epochs", "2", "-b", "8",
-                                 "--workers", "0", "-o", str(tmp_path / "run"), "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(kaggle_csv),
+            "--arch",
+            "fkpnet_tiny",
+            "--lr",
+            "1e30",
+            "--epochs",
+            "2",
+            "-b",
+            "8",
+            "--workers",
+            "0",
+            "-o",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 1
     assert "loss became" in result.stderr and "at epoch 1, batch" in result.stderr and "Traceback" not in result.output
 
@@ -262,12 +367,30 @@ def test_a_run_folder_is_self_contained_and_its_log_is_plain_lines(kaggle_csv, t
     work.mkdir()
     shutil.copy(kaggle_csv, work / "training.csv")
     monkeypatch.chdir(work)
-    result = runner.invoke(app, ["train", "training.csv", "--arch", "fkpnet_tiny", "--epochs", "2", "-b", "16",
-                                 "--workers", "0", "-o", "run", "-v"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "training.csv",
+            "--arch",
+            "fkpnet_tiny",
+            "--epochs",
+            "2",
+            "-b",
+            "16",
+            "--workers",
+            "0",
+            "-o",
+            "run",
+            "-v",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
-    epoch_line = re.compile(r"^epoch [12]/2: lr 0\.001, train loss [\d.]+, val loss [\d.]+, val RMSE [\d.]+ px\(96\), "
-                            r"val NME [\d.]+ %, \d+ s( \(best so far\))?$")
+    epoch_line = re.compile(
+        r"^epoch [12]/2: lr 0\.001, train loss [\d.]+, val loss [\d.]+, val RMSE [\d.]+ px\(96\), "
+        r"val NME [\d.]+ %, \d+ s( \(best so far\))?$"
+    )
     assert len([line for line in lines if epoch_line.match(line)]) == 2, lines
     assert any(re.match(r"^epoch 2/2: \d+/\d+ batches \(100 %\), [\d.]+ batches/s", line) for line in lines), lines
     prefixes = ("training fkpnet_tiny on", "config: {", "TensorBoard logs in", "epoch ", "best weights: ")
@@ -294,7 +417,9 @@ def test_framing_jitter_changes_every_epoch_with_persistent_workers():
 
     mean = pd.read_csv(need_data("kaggle") / "keypoints_only.csv")[COLUMNS].mean().to_numpy().reshape(15, 2) + 52
     noise = np.random.default_rng(0).integers(0, 256, (200, 200), dtype=np.uint8)
-    table = FaceTable(["a", "b"], np.stack([mean, mean]), [Image.fromarray(noise)] * 2, KAGGLE_POINTS, "synthetic", kaggle=False)
+    table = FaceTable(
+        ["a", "b"], np.stack([mean, mean]), [Image.fromarray(noise)] * 2, KAGGLE_POINTS, "synthetic", kaggle=False
+    )
     keep = lambda image, unit: (image, unit)  # noqa: E731 - no augmentation: only the framing jitter can differ
     dataset = FaceDataset(table, [0, 1], input_size=32, framing=Framing(), augment=keep, jitter=0.06)
     loader = _loader(dataset, TrainConfig(data=(), batch_size=2, workers=1), shuffle=False, device=torch.device("cpu"))

@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fkpbatch.keypoints import KAGGLE_POINTS, flip_permutation, mirror_name
 from fkpbatch.augment import hflip_with_swap
+from fkpbatch.keypoints import KAGGLE_POINTS, flip_permutation, mirror_name
 from fkpbatch.transforms import Box, Framing, box_from_points, crop_face, from_unit, to_unit, whole_image_box
 
 

@@ -10,7 +10,9 @@ from .registry import register_model
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1) -> list[nn.Module]:
-    conv = pointwise_conv(cin, cout, stride) if kernel == 1 else nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2)
+    conv = (
+        pointwise_conv(cin, cout, stride) if kernel == 1 else nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2)
+    )
     return [conv, nn.BatchNorm2d(cout)]
 
 
@@ -21,8 +23,10 @@ class Bottleneck(nn.Module):
         super().__init__()
         f1, f2, f3 = filters
         self.body = nn.Sequential(
-            *_conv_bn(cin, f1, 1, stride), nn.ReLU(inplace=True),
-            *_conv_bn(f1, f2, 3), nn.ReLU(inplace=True),
+            *_conv_bn(cin, f1, 1, stride),
+            nn.ReLU(inplace=True),
+            *_conv_bn(f1, f2, 3),
+            nn.ReLU(inplace=True),
             *_conv_bn(f2, f3, 1),
         )
         self.shortcut = nn.Sequential(*_conv_bn(cin, f3, 1, stride)) if project else nn.Identity()
@@ -50,7 +54,9 @@ class SeedNet(nn.Module):
         self.num_keypoints = num_keypoints
         self.features = nn.Sequential(
             nn.ZeroPad2d(3),
-            nn.Conv2d(1, 64, 7, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.Conv2d(1, 64, 7, stride=2),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(3, stride=2),
             _stage(64, (64, 64, 256), stride=2),
             _stage(256, (128, 128, 512), stride=2),
@@ -58,8 +64,12 @@ class SeedNet(nn.Module):
             nn.Flatten(),
         )
         self.head = nn.Sequential(
-            nn.Linear(2048, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(4096, 2048), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(2048, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 2048),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
             nn.Linear(2048, 2 * num_keypoints),
         )
 
