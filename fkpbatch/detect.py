@@ -251,7 +251,7 @@ class FaceDetector:
             batch[i, :, : small.height, : small.width] = _network_input(small)[0]
         loc, conf, landms = self._run(batch)
         out = []
-        for i, (small, scale, _) in enumerate(prepared):
+        for i, (_, scale, _) in enumerate(prepared):
             boxes, scores, points = self._decode(loc[i], conf[i], landms[i], height, width)
             out.append(Candidates(boxes / scale, scores, points / scale))
         return out
