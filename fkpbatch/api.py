@@ -46,6 +46,8 @@ def predict(
     max_pixels: int = PredictOptions.max_pixels,
     batch_size: int = PredictOptions.batch_size,
     workers: int | None = None,
+    passes: str = PredictOptions.passes,
+    unsure_score: float = PredictOptions.unsure_score,
 ) -> pd.DataFrame:
     """Facial keypoints as a pandas DataFrame with exactly the columns of ``fkpbatch predict``'s CSV
     (one row per face; one row for an image without a face or that cannot be read).
@@ -71,7 +73,9 @@ def predict(
         min_face=min_face,
         max_pixels=max_pixels,
         batch_size=batch_size,
-        **({} if workers is None else {"workers": workers}),
+        workers=workers,
+        passes=passes,
+        unsure_score=unsure_score,
     )
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) or _is_image(inputs) else list(inputs)
     images = [_is_image(item) for item in items]

@@ -221,7 +221,7 @@ def predict(
             batch_size=batch_size,
             passes=passes,
             unsure_score=unsure_score,
-            **({} if workers is None else {"workers": workers}),
+            workers=workers,
         )
         shard_spec = parse_shard(shard) if shard else None
         weights = resolve_weights(weights, model)
@@ -485,7 +485,7 @@ def evaluate(
         if json_out:
             check_target(json_out, overwrite=overwrite, inputs=inputs)  # before minutes of work
         predictor = Predictor.load(weights, device)
-        options = PredictOptions(detect=detect, **({} if workers is None else {"workers": workers}))
+        options = PredictOptions(detect=detect, workers=workers)
         reports = [evaluate_checkpoint(predictor, path, holdout=holdout, options=options) for path in data]
     console = Console()
     for report in reports:

@@ -7,7 +7,7 @@ Light on purpose (no torch): the CLI imports it to build its options.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
@@ -182,8 +182,8 @@ class PredictOptions:
     """Larger images are refused as error rows (decompression bombs)."""
     batch_size: int = 64
     """Images per batch."""
-    workers: int = field(default_factory=_default_workers)
-    """DataLoader worker processes (default: one per core); 0 = decode in this process."""
+    workers: int | None = None
+    """DataLoader worker processes; None = one per core; 0 = decode in this process."""
     passes: Passes = Passes.auto
     """Detector passes on large photos (see :class:`Passes`)."""
     unsure_score: float = UNSURE_SCORE
@@ -196,6 +196,8 @@ class PredictOptions:
         object.__setattr__(self, "detect", Detect.parse(self.detect, "--detect"))
         object.__setattr__(self, "faces", Faces.parse(self.faces, "--faces"))
         object.__setattr__(self, "passes", Passes.parse(self.passes, "--passes"))
+        if self.workers is None:
+            object.__setattr__(self, "workers", _default_workers())
         if self.batch_size < 1 or self.workers < 0:
             raise UsageError("--batch-size must be at least 1 and --workers at least 0")
         if not 0.0 <= self.min_score <= 1.0 or self.min_face < 0 or self.max_pixels < 1:
