@@ -147,14 +147,38 @@ def many(tmp_path):
     return _many_images(tmp_path / "many", 1000)
 
 
-@pytest.fixture()
-def lots(tmp_path):
-    """Enough images that a run is still going while a second one starts, even on a loaded machine."""
-    return _many_images(tmp_path / "many", 4000)
+HOLD_THE_LOCK = """
+import sys, time
+from pathlib import Path
+from fkpbatch.resume import OutputLock
+with OutputLock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
 
 
-def test_sigterm_to_the_job_stops_cleanly_a_second_run_is_refused_and_resume_completes(tmp_path, tiny_weights, lots):
-    many = lots
+def test_a_second_run_on_a_locked_output_exits_2_naming_the_first(tmp_path, tiny_weights):
+    """One writer per output: a run (here a process holding the lock as a run does) keeps every
+    other run off its output, whether that one resumes, overwrites or starts anew."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    gradient_image((12, 12)).save(folder / "a.png")
+    out = tmp_path / "out.csv"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            second = runner.invoke(app, ["predict", str(folder), "-w", str(tiny_weights), "-o", str(out), *extra])
+            assert second.exit_code == 2, second.output
+            assert f"pid {holder.pid}" in second.stderr and "another fkpbatch run" in second.stderr
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert runner.invoke(app, ["predict", str(folder), "-w", str(tiny_weights), "-o", str(out), "-q"]).exit_code == 0
+
+
+def test_sigterm_to_the_job_stops_cleanly_and_resume_completes(tmp_path, tiny_weights, many):
     out = tmp_path / "out.csv"
     command = [
         sys.executable,
@@ -169,21 +193,18 @@ def test_sigterm_to_the_job_stops_cleanly_a_second_run_is_refused_and_resume_com
         "--detect",
         "never",
         "--batch-size",
-        "1",
+        "2",
         "--workers",
         "1",
         "-q",
     ]
     first = _start(command, out)
-    second = runner.invoke(app, ["predict", str(many), "-w", str(tiny_weights), "-o", str(out), "--resume", "-q"])
-    assert first.poll() is None, "the first run ended before the second started: the lock was not tested"
-    assert second.exit_code == 2 and f"pid {first.pid}" in second.stderr  # one writer per output
     os.killpg(first.pid, signal.SIGTERM)  # as a scheduler does: the whole job, DataLoader workers too
     _, stderr = first.communicate(timeout=60)
     assert first.returncode == 143, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
     names = pd.read_csv(out)["image"].tolist()
-    assert 0 < len(names) == len(set(names)) < 4000
+    assert 0 < len(names) == len(set(names)) < 1000
     finished = subprocess.run(command + ["--resume"], capture_output=True, text=True, check=False)
     assert finished.returncode == 0, finished.stderr
     names = pd.read_csv(out)["image"].tolist()
@@ -335,19 +356,38 @@ def test_annotations_never_replace_an_input_or_an_existing_file(tmp_path, tiny_w
     gradient_image((40, 40)).save("x.gif")
     gradient_image((40, 40), "L").save("x.gif.png")  # where x.gif's annotated copy goes with --annotate .
     original = (tmp_path / "x.gif.png").read_bytes()
-    for flags in ([], ["--overwrite"]):
-        result = _predict("x.gif", "x.gif.png", "-w", tiny_weights, "--annotate", ".", *flags)
+    for flags in ([], ["--overwrite"]):  # without -q: the warnings are what this checks
+        result = runner.invoke(
+            app,
+            [
+                "predict",
+                "x.gif",
+                "x.gif.png",
+                "-w",
+                str(tiny_weights),
+                "--detect",
+                "never",
+                "--workers",
+                "0",
+                "--annotate",
+                ".",
+                *flags,
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert (tmp_path / "x.gif.png").read_bytes() == original
         assert "would overwrite the input; not written" in result.stderr
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "x.gif.png").write_bytes(b"mine")
-    result = _predict("x.gif", "-w", tiny_weights, "--annotate", "ann")
+    result = runner.invoke(
+        app, ["predict", "x.gif", "-w", str(tiny_weights), "--detect", "never", "--workers", "0", "--annotate", "ann"]
+    )
     assert result.exit_code == 0 and "not replaced" in result.stderr
     assert (tmp_path / "ann" / "x.gif.png").read_bytes() == b"mine"
     assert _predict("x.gif", "-w", tiny_weights, "--annotate", "ann", "--overwrite").exit_code == 0
     assert (tmp_path / "ann" / "x.gif.png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann", "x.gif", "x.gif.png"]  # no temporary files left
+    # no temporary files left; index.html is the contact sheet of --annotate .
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann", "index.html", "x.gif", "x.gif.png"]
 
 
 def test_merge_never_replaces_an_existing_file_or_an_input(tmp_path, tiny_weights, two_images):

@@ -152,7 +152,7 @@ def test_annotated_copies_mirror_the_folder_and_stay_inside(folder, tiny_weights
     target = tmp_path / "annotated"
     assert invoke(folder, "-w", tiny_weights, "--workers", "0", "-q", "--annotate", target).exit_code == 0
     written = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
-    assert written == ["faces/a.jpg", "faces/sub/b.jpg"]
+    assert written == ["faces/a.jpg", "faces/sub/b.jpg", "index.html"]  # index.html: the contact sheet
 
 
 def test_workers_give_the_same_rows_as_the_main_process(folder, tiny_weights):

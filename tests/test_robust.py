@@ -439,7 +439,7 @@ def test_a_run_where_every_image_fails_alike_exits_non_zero(tmp_path, tiny_weigh
     def missing_library(*_args, **_kwargs):
         raise ImportError("libjpeg.so.62: cannot open shared object file")
 
-    monkeypatch.setattr(engine, "load_image", missing_library)
+    monkeypatch.setattr(engine, "load_reduced", missing_library)
     folder = photos(tmp_path / "in", 3)
     result = runner.invoke(
         app, ["predict", str(folder), "-w", str(tiny_weights), "--workers", "0", "-o", str(tmp_path / "out.csv")]
@@ -483,7 +483,9 @@ def test_ray_checks_points_68_and_runtime_before_starting(tmp_path, tiny_weights
     folder = photos(tmp_path / "in", 1)
     base = ["predict", str(folder), "-w", str(tiny_weights), "--engine", "ray", "-o", str(tmp_path / "shards")]
     assert "--points 68" in one_line_error(runner.invoke(app, [*base, "--points", "68"]))
-    assert "--runtime" in one_line_error(runner.invoke(app, [*base, "--runtime", "tensorrt"]))
+    entry = [sys.executable, "-m", "fkpbatch", *base[:3], str(tiny_weights), *base[4:]]  # the parser: real entry point
+    bad = subprocess.run([*entry, "--runtime", "tensorrt"], capture_output=True, text=True, timeout=120)
+    assert "--runtime" in one_line_error(bad)
 
 
 def test_merge_check_takes_the_shard_count_from_the_shards(tmp_path, tiny_weights):
