@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Union
@@ -15,6 +16,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
+from . import interrupts
 from .checkpoint import ModelSpec, load_model
 from .decode import load_reduced, to_rgb
 from .detect import FaceDetector
@@ -171,6 +173,11 @@ def collate_images(items: list[CropRecord]) -> tuple[torch.Tensor, list[CropReco
 
 def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # each worker decodes one image at a time; the model owns the cores
+    # Ctrl-C and SIGTERM reach the whole process group: the main process alone decides when to stop
+    # (between batches) and then shuts the workers down; a worker dying mid-transfer of a batch
+    # printed a ConnectionResetError traceback. Workers still exit when the main process is gone.
+    for signum in interrupts.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 RUNTIMES = Runtime.values()
@@ -332,7 +339,13 @@ class Predictor:
             prefetch_factor=4 if options.workers else None,
             persistent_workers=False,
         )
-        for crops, records in loader:
+        batches = iter(loader)
+        while True:
+            with interrupts.deferred():  # a stop signal waits until the batch being received is whole
+                batch = next(batches, None)
+            if batch is None:
+                return
+            crops, records = batch
             yield from self.results(crops, records, [items[r.index] for r in records])
 
     def unsure(self, score: float | None, quality: float | None) -> bool:
