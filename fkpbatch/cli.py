@@ -631,14 +631,15 @@ def models():
             m.file,
             f"{m.input_size} px",
             f"{m.faces_per_s} faces/s",
-            f"NME {m.nme_faces15:.2f} % / {m.nme_helen:.2f} %",
+            f"NME {m.nme_faces15:.2f} % / {m.nme68_300w:.2f} %",
             m.summary,
         )
         for m in SHIPPED_MODELS.values()
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    typer.echo("Shipped models (--model NAME). Speed: model alone, batch 64, 2-core CPU; NME: held-out faces15 /")
-    typer.echo("HELEN; figures from the model card, weights/README.md.")
+    typer.echo("Shipped models (--model NAME). Speed: model alone, batch 64, 2-core CPU. NME through predict:")
+    typer.echo("15 points on held-out faces15 persons / 68 points on held-out HELEN + LFPW photos (manual labels);")
+    typer.echo("figures from the model card, weights/README.md.")
     for row in rows:
         typer.echo("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     typer.echo("Architectures (fkpbatch train --arch): " + ", ".join(list_models()))

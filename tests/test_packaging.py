@@ -68,7 +68,7 @@ def test_models_lists_shipped_models_with_card_figures_and_architectures():
     accurate = next(line for line in lines if line.strip().startswith("accurate"))
     for line, model in ((fast, zoo.SHIPPED_MODELS["fast"]), (accurate, zoo.SHIPPED_MODELS["accurate"])):
         assert model.file in line and f"{model.input_size} px" in line and f"{model.faces_per_s} faces/s" in line
-        assert f"NME {model.nme_faces15:.2f} % / {model.nme_helen:.2f} %" in line
+        assert f"NME {model.nme_faces15:.2f} % / {model.nme68_300w:.2f} %" in line
     assert "fkpnet68.pt" in fast and "fkpnet68_128.pt" in accurate
     assert re.search(r"Architectures.*fkpnet, fkpnet_tiny, seed", result.stdout)
 
