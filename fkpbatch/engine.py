@@ -47,9 +47,11 @@ class FaceCropper:
     pixels or a face's crop would come out smaller than the model's input (no face is ever cropped
     from fewer pixels than the model sees)."""
 
-    def __init__(self, spec: ModelSpec, options: PredictOptions):
+    def __init__(self, spec: ModelSpec, options: PredictOptions, detector: FaceDetector | None = None):
         self.spec, self.options = spec, options
-        self.detector = FaceDetector(min_score=options.min_score) if options.detect != "never" else None
+        if detector is None and options.detect != "never":
+            detector = FaceDetector(min_score=options.min_score)
+        self.detector = detector if options.detect != "never" else None
 
     def search(self, image, full: tuple[int, int], path) -> Plan[tuple[object, list[tuple[Box, float | None, Box]]]]:
         """The face policy as a search plan (:data:`fkpbatch.detect.Plan`): from the decoded picture
@@ -135,7 +137,7 @@ class FaceCropper:
     def guarded(self, item: InputFile | InMemoryImage, work, record: CropRecord | None = None) -> CropRecord:
         """``work(item, record)`` with every failure turned into the record's status: a file decided
         unusable at discovery is never opened (FIFOs block), one odd file never ends a run."""
-        record = CropRecord(crops=self._no_crops()) if record is None else record
+        record = CropRecord(crops=self.no_crops()) if record is None else record
         if isinstance(item, InputFile) and not item.usable:
             record.status, record.error = ("error", item.error) if item.error else ("skipped", item.skip_reason)
             return record
@@ -152,9 +154,9 @@ class FaceCropper:
             record.status, record.error = "skipped" if skipped else "error", str(exc)
         else:
             record.status, record.error = "error", f"{type(exc).__name__}: {exc}"
-        record.crops = self._no_crops()
+        record.crops = self.no_crops()
 
-    def _no_crops(self) -> torch.Tensor:
+    def no_crops(self) -> torch.Tensor:
         return torch.zeros((0, 1, self.spec.input_size, self.spec.input_size), dtype=torch.uint8)
 
 
@@ -349,30 +351,65 @@ class Predictor:
             raise UsageError(f"{len(names)} names for {len(images)} images")
         yield from self._predict([InMemoryImage(image, name) for image, name in zip(images, names)], options)
 
+    def detects_on_device(self, options: PredictOptions) -> bool:
+        """Whether a run with ``options`` detects faces on the model's device (the PyTorch port of the
+        detector, whole batches at once) rather than in the DataLoader workers (onnxruntime on the CPU).
+        ``detect_on="auto"``: on the device when it is a CUDA GPU."""
+        if options.detect == "never":
+            return False
+        if options.detect_on == "auto":
+            return self.device.type == "cuda"
+        return options.detect_on == "device"
+
+    def face_detector(self, min_score: float) -> FaceDetector:
+        """The PyTorch port of the detector on the model's device (the network built once)."""
+        detector = FaceDetector(min_score=min_score, backend="torch", device=str(self.device))
+        if getattr(self, "_detector_net", None) is None:
+            self._detector_net = detector.network()
+        detector._net = self._detector_net
+        return detector
+
     def _predict(self, items: list[InputFile | InMemoryImage], options: PredictOptions | None) -> Iterator[ImageResult]:
         options = options or PredictOptions()
         self.options = options
         if not items:
             return
         torch.set_num_threads(cpu_count())
+        search = None
+        if self.detects_on_device(options):
+            from .device_detect import DeviceSearch, FrameSource, collate_frames
+
+            source, collate = FrameSource(items, self.spec, options), collate_frames
+            search = DeviceSearch(self.spec, options, self.face_detector(options.min_score))
+        else:
+            source, collate = ImageSource(items, self.spec, options), collate_images
         loader = DataLoader(
-            ImageSource(items, self.spec, options),
+            source,
             batch_size=options.batch_size,
             num_workers=options.workers,
-            collate_fn=collate_images,
+            collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             worker_init_fn=_worker_init,
             prefetch_factor=4 if options.workers else None,
             persistent_workers=False,
         )
         batches = iter(loader)
-        while True:
-            with interrupts.deferred():  # a stop signal waits until the batch being received is whole
-                batch = next(batches, None)
-            if batch is None:
-                return
-            crops, records = batch
-            yield from self.results(crops, records, [items[r.index] for r in records])
+        try:
+            while True:
+                with interrupts.deferred():  # a stop signal waits until the batch being received is whole
+                    batch = next(batches, None)
+                if batch is None:
+                    return
+                if search is None:
+                    crops, records = batch
+                    inputs = [items[r.index] for r in records]
+                else:
+                    inputs = [items[r.index] for r in batch.records]
+                    crops, records = search.crops(batch, inputs)
+                yield from self.results(crops, records, inputs)
+        finally:
+            if search is not None:
+                search.close()
 
     def unsure(self, score: float | None, quality: float | None) -> bool:
         """A doubtful detection: low detector score and low keypoint quality (PredictOptions.unsure_score)."""

@@ -119,11 +119,14 @@ class RetinaFaceNet(nn.Module):
             raise ValueError(f"a canvas with sizes must be a multiple of 32 px, not {tuple(x.shape[2:])}")
         mask = _identity if sizes is None else _Extent(sizes.to(x.device), tuple(x.shape[2:]))
         features = []
+        # only what a 3x3 convolution reads must be zero outside the extents: a depthwise layer's
+        # output feeds a 1x1 convolution, whose output is masked before the next 3x3 one
         for stage in self.stages:
             for layer in stage:
-                x = mask(layer(x))
+                x = layer(x) if layer.conv.groups > 1 else mask(layer(x))
             features.append(x)
-        o1, o2, o3 = (mask(conv(f)) for conv, f in zip(self.outputs, features))
+        o1, o2, o3 = (conv(f) for conv, f in zip(self.outputs, features))
+        o3 = mask(o3)
         o2 = mask(self.merge2(mask(o2 + F.interpolate(o3, size=o2.shape[2:], mode="nearest"))))
         o1 = mask(self.merge1(mask(o1 + F.interpolate(o2, size=o1.shape[2:], mode="nearest"))))
         levels = [ssh(f, mask) for ssh, f in zip(self.ssh, (o1, o2, o3))]
