@@ -165,8 +165,13 @@ def test_a_worker_sends_the_picture_and_its_first_pass(predictor):
     image = load_image(EXAMPLES[0])
     assert record.pixels.dtype == torch.uint8 and tuple(record.pixels.shape) == (image.height, image.width, 3)
     assert tuple(record.gray.shape) == (image.height, image.width) and record.first is not None
+    pictures = [record.pixels.clone(), source[1].pixels.clone()]
     batch = device_detect.collate_frames([record, source[1]])
     assert batch.searched == [0, 1] and batch.canvas.dtype == torch.uint8
+    assert record.pixels is None and batch.pixels.dim() == 1  # one flat tensor per batch crosses processes
+    batch.unpack()
+    assert all(torch.equal(r.pixels, p) for r, p in zip(batch.records, pictures))
+    assert torch.equal(batch.records[0].gray, torch.from_numpy(np.array(image.convert("L"))))
     prepared = FaceDetector().prepare(Pass(image, 480))
     assert batch.sizes[0].tolist() == list(prepared.pixels.shape[:2])
 
