@@ -390,7 +390,8 @@ class Predictor:
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             worker_init_fn=_worker_init,
-            prefetch_factor=4 if options.workers else None,
+            # the device path's batches carry pictures, not crops: fewer in flight
+            prefetch_factor=(2 if search else 4) if options.workers else None,
             persistent_workers=False,
         )
         batches = iter(loader)

@@ -157,23 +157,35 @@ def test_later_rounds_are_split_to_fit_the_canvas_budget(monkeypatch):
         assert len(chunk) == 1 or len(chunk) * tallest * widest <= 3 * 100 * 100
 
 
-def test_a_worker_sends_the_picture_and_its_first_pass(predictor):
+def test_a_worker_sends_the_first_pass_and_the_grayscale_picture(predictor):
     from fkpbatch.engine import input_files
 
     source = device_detect.FrameSource(input_files(EXAMPLES), predictor.spec, PredictOptions(workers=0))
-    record = source[0]
-    image = load_image(EXAMPLES[0])
-    assert record.pixels.dtype == torch.uint8 and tuple(record.pixels.shape) == (image.height, image.width, 3)
-    assert tuple(record.gray.shape) == (image.height, image.width) and record.first is not None
-    pictures = [record.pixels.clone(), source[1].pixels.clone()]
-    batch = device_detect.collate_frames([record, source[1]])
-    assert batch.searched == [0, 1] and batch.canvas.dtype == torch.uint8
-    assert record.pixels is None and batch.pixels.dim() == 1  # one flat tensor per batch crosses processes
+    records = [source[0], source[1]]
+    images = [load_image(path) for path in EXAMPLES[:2]]
+    firsts = [FaceDetector().prepare(Pass(image, 480)) for image in images]
+    for record, image, first in zip(records, images, firsts):
+        assert record.gray.dtype == torch.uint8 and tuple(record.gray.shape) == (image.height, image.width)
+        assert np.array_equal(record.first.pixels.numpy(), first.pixels)
+    batch = device_detect.collate_frames(records)
+    assert batch.searched == [0, 1] and batch.canvas.dtype == torch.uint8 and batch.gray.dim() == 1
+    assert all(r.gray is None and r.first.pixels is None for r in records)  # on the batch's tensors now
     batch.unpack()
-    assert all(torch.equal(r.pixels, p) for r, p in zip(batch.records, pictures))
-    assert torch.equal(batch.records[0].gray, torch.from_numpy(np.array(image.convert("L"))))
-    prepared = FaceDetector().prepare(Pass(image, 480))
-    assert batch.sizes[0].tolist() == list(prepared.pixels.shape[:2])
+    for slot, (record, image, first) in enumerate(zip(records, images, firsts)):
+        assert np.array_equal(record.gray.numpy(), np.asarray(image.convert("L")))
+        assert np.array_equal(batch.first_pixels(slot), first.pixels)
+
+
+def test_a_later_pass_fetches_the_picture_a_worker_decoded(predictor, tmp_path):
+    """Small pictures without a face get a padded pass, photos with small faces a second pass at
+    the same scale: the main process takes the pixels from the canvas or decodes the file again."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    gradient_image((300, 280)).save(folder / "small_no_face.png")  # padded pass, pixels from the canvas
+    photos = [need_data("photos", name) for name in ("selfie-many-people.jpg", "img59.jpg")]  # second passes
+    a, b = _both(predictor, [folder, *photos])
+    assert a[0].faces[0].score is None  # the crop fallback, after the padded pass found nothing
+    assert_same_rows(a, b)
 
 
 def test_cli_detect_on_device_and_the_ray_refusal(tmp_path, tiny_weights):
