@@ -1,6 +1,8 @@
 """The inference engine: DataLoader workers decode, detect and crop; the main process batches the
 crops through the keypoint model and maps keypoints back to original pixels. Streaming, so memory
-does not grow with the number of images."""
+does not grow with the number of images. With ``detect_on="device"`` (the default on a CUDA GPU) the
+workers only decode and the main process detects whole batches on the device
+(:mod:`fkpbatch.device_detect`), following the same face policy (:meth:`FaceCropper.search`)."""
 
 from __future__ import annotations
 
