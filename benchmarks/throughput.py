@@ -10,6 +10,11 @@ steady rate from a second run on N/4 images, i.e. without the fixed start-up), p
 (PSS) of the whole process tree. Inputs are faces15 photos (../shared/data), linked N times under
 new names. The ONNX graph cache is warm (as from a user's second run on).
 
+``--device`` (default auto) is passed to every run; on a CUDA GPU `fkpbatch predict` detects faces
+on the GPU (``--detect-on auto``), and ``--compare-workers`` adds end-to-end runs with
+``--detect-on workers`` (onnxruntime in the CPU workers) for comparison. ``--images 40 --device cpu``
+or ``--photos --limit 3 --repeats 4`` make a quick dry run.
+
 ``--photos``: real photos instead. Two sets: the shared photos as they are (up to 4352x2903), and
 an ~800-px set derived from them into a temporary folder (photos of >= 800 px resized to 800 px,
 those of 600-800 px copied), each linked ``--repeats`` times. Beside `fkpbatch predict` (the
@@ -51,14 +56,18 @@ def make_inputs(source: Path, count: int, folder: Path) -> Path:
     return folder
 
 
-def pipeline_rate(predictor: Predictor, folder: Path, options: PredictOptions) -> float:
-    """Images/s through the DataLoader stage alone (decode, [detect], crop), model skipped."""
+def pipeline_rate(predictor: Predictor, folder: Path, options: PredictOptions, frames: bool = False) -> float:
+    """Images/s through the DataLoader stage alone (decode, [detect], crop), model skipped;
+    ``frames``: the workers of the device-detection path (decode and prepare the first pass)."""
+    from fkpbatch.device_detect import FrameSource, collate_frames
+
     files = discover([folder]).files
+    source = FrameSource(files, predictor.spec, options) if frames else ImageSource(files, predictor.spec, options)
     loader = DataLoader(
-        ImageSource(files, predictor.spec, options),
+        source,
         batch_size=options.batch_size,
         num_workers=options.workers,
-        collate_fn=collate_images,
+        collate_fn=collate_frames if frames else collate_images,
         worker_init_fn=_worker_init,
         prefetch_factor=4 if options.workers else None,
     )
@@ -103,6 +112,9 @@ def _tree_memory_kb(root: int) -> int:
     return total
 
 
+DEVICE: list[str] = []  # ["--device", NAME] from the command line, for every predict run
+
+
 def _run_predict(folder: Path, weights: Path, extra: list[str]) -> tuple[float, int]:
     """Wall-clock seconds and peak PSS (kB, sampled over the process tree) of one predict run."""
     command = [
@@ -119,6 +131,7 @@ def _run_predict(folder: Path, weights: Path, extra: list[str]) -> tuple[float, 
         "--quiet",
         "--weights",
         str(weights),
+        *DEVICE,
         *extra,
     ]
     peak = 0
@@ -148,12 +161,14 @@ def end_to_end(
     seconds, peak = _run_predict(folder, weights, extra)
     quarter_seconds, _ = _run_predict(quarter, weights, extra)
     quarter_count = count // 4 if quarter_count is None else quarter_count
-    steady = (count - quarter_count) / max(1e-9, seconds - quarter_seconds)
+    # runs less than half a second apart (a dry run on a few images) give no steady rate
+    difference = seconds - quarter_seconds
+    steady = (count - quarter_count) / difference if difference >= 0.5 else None
     return {
         "images_per_s": round(count / seconds, 1),
         "seconds": round(seconds, 1),
-        "steady_images_per_s": round(steady, 1),
-        "start_up_s": round(seconds - count / steady, 1),
+        "steady_images_per_s": round(steady, 1) if steady else None,
+        "start_up_s": round(seconds - count / steady, 1) if steady else None,
         "peak_memory_pss_mb": round(peak / 1024, 1),
     }
 
@@ -170,14 +185,14 @@ def baseline(python: str, tool: str, folder: Path, count: int) -> dict:
     return {"images_per_s": round(count / seconds, 1), "seconds": round(seconds, 1)}
 
 
-def derive_800(source: Path, folder: Path) -> list[Path]:
+def derive_800(originals: list[Path], folder: Path) -> list[Path]:
     from PIL import Image
 
     from fkpbatch.decode import load_image
 
     folder.mkdir(parents=True, exist_ok=True)
     made = []
-    for path in sorted(source.iterdir()):
+    for path in originals:
         image = load_image(path)
         if max(image.size) < 600:
             continue
@@ -211,10 +226,18 @@ def bare_detector_rate(photos: list[Path], cap: int) -> dict:
     return {"images_per_s": round(len(photos) / seconds, 1), "seconds": round(seconds, 1), "faces": faces}
 
 
+def _device_info(predictor: Predictor) -> dict:
+    info = {"device": str(predictor.device), "detection_on_device": predictor.detects_on_device(PredictOptions())}
+    if predictor.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(predictor.device)
+    return info
+
+
 def photos_mode(args, weights: Path) -> dict:
     source = args.data / "photos"
     if not source.is_dir():
         raise SystemExit(f"needs the shared photos at {source}")
+    predictor = Predictor.load(weights, args.device)
     report = {
         "machine": {
             "cpu_cores": cpu_count(),
@@ -222,12 +245,18 @@ def photos_mode(args, weights: Path) -> dict:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "load_average": os.getloadavg(),
+            **_device_info(predictor),
         },
         "workers": default_workers(),
         "repeats": args.repeats,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        sets = {"photos_800": derive_800(source, Path(tmp) / "p800"), "photos_full": sorted(source.iterdir())}
+        originals = sorted(source.iterdir())[: args.limit]
+        sets = {}
+        if "photos_800" in args.sets:
+            sets["photos_800"] = derive_800(originals, Path(tmp) / "p800")
+        if "photos_full" in args.sets:
+            sets["photos_full"] = originals
         for name, photos in sets.items():
             folder = link_repeats(photos, args.repeats, Path(tmp) / f"{name}_all")
             quarter = link_repeats(photos, max(1, args.repeats // 4), Path(tmp) / f"{name}_quarter")
@@ -235,15 +264,22 @@ def photos_mode(args, weights: Path) -> dict:
             if args.repeats // 4 >= args.repeats:
                 raise SystemExit("--repeats must be at least 2")
             entry = {"photos": len(photos), "images": count}
-            entry["bare_detector_full_resolution"] = bare_detector_rate(photos * max(1, args.repeats // 2), 1600)
-            for label, extra in (("predict", []), ("predict_passes_two", ["--passes", "two"])):
+            bare_repeats = max(1, args.repeats // 2 if args.bare_repeats is None else args.bare_repeats)
+            entry["bare_detector_full_resolution"] = bare_detector_rate(photos * bare_repeats, 1600)
+            runs = [("predict", [])]
+            if not args.skip_passes_two:
+                runs.append(("predict_passes_two", ["--passes", "two"]))
+            if args.compare_workers:
+                runs.append(("predict_detect_on_workers", ["--detect-on", "workers"]))
+            for label, extra in runs:
                 runs = end_to_end(
                     folder, quarter, count, weights, extra, quarter_count=len(photos) * max(1, args.repeats // 4)
                 )
                 entry[label] = runs
                 bare = entry["bare_detector_full_resolution"]["images_per_s"]
                 entry[f"ratio_{label}_vs_bare"] = round(runs["images_per_s"] / bare, 2)
-                entry[f"steady_ratio_{label}_vs_bare"] = round(runs["steady_images_per_s"] / bare, 2)
+                steady = runs["steady_images_per_s"]
+                entry[f"steady_ratio_{label}_vs_bare"] = round(steady / bare, 2) if steady else None
             report[name] = entry
             print(name, json.dumps(entry), flush=True)
     return report
@@ -252,7 +288,9 @@ def photos_mode(args, weights: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("FKPBATCH_DATA", REPO.parent / "shared" / "data"))
+    )
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "throughput.json")
     parser.add_argument("--skip-auto", action="store_true", help="only --detect never")
@@ -267,7 +305,26 @@ def main() -> None:
     )
     parser.add_argument("--photos", action="store_true", help="real photos (see above) instead of faces15")
     parser.add_argument("--repeats", type=int, default=4, help="--photos: each photo is linked this many times")
+    parser.add_argument("--device", default="auto", help="--device of the model and of every predict run")
+    parser.add_argument(
+        "--compare-workers",
+        action="store_true",
+        help="also run predict with --detect-on workers (detection in the CPU workers; the CPU default)",
+    )
+    parser.add_argument("--limit", type=int, help="--photos: only the first N shared photos (a quick dry run)")
+    parser.add_argument(
+        "--sets",
+        nargs="+",
+        choices=("photos_800", "photos_full"),
+        default=["photos_800", "photos_full"],
+        help="--photos: which sets",
+    )
+    parser.add_argument(
+        "--bare-repeats", type=int, help="--photos: repeats of the bare-detector reference (default: --repeats / 2)"
+    )
+    parser.add_argument("--skip-passes-two", action="store_true", help="--photos: no --passes two runs")
     args = parser.parse_args()
+    DEVICE[:] = ["--device", args.device]
     if args.photos:
         report = photos_mode(args, args.weights)
         out = (
@@ -280,13 +337,13 @@ def main() -> None:
     source = args.data / "faces15" / "images"
     if not source.is_dir():
         raise SystemExit(f"needs the faces15 photos at {source}")
-    predictor = Predictor.load(args.weights, "auto")
+    predictor = Predictor.load(args.weights, args.device)
     options = PredictOptions(detect="never")
     report = {
         "machine": {
             "cpu_cores": cpu_count(),
             "processor": platform.processor() or platform.machine(),
-            "device": str(predictor.device),
+            **_device_info(predictor),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
@@ -315,9 +372,8 @@ def main() -> None:
         )
         bound = min(report["decode_crop_only"], report["model_only"])
         report["ratio_never_vs_min_stage"] = round(report["end_to_end_detect_never"]["images_per_s"] / bound, 3)
-        report["steady_ratio_never_vs_min_stage"] = round(
-            report["end_to_end_detect_never"]["steady_images_per_s"] / bound, 3
-        )
+        steady = report["end_to_end_detect_never"]["steady_images_per_s"]
+        report["steady_ratio_never_vs_min_stage"] = round(steady / bound, 3) if steady else None
         if not args.skip_auto:
             report["decode_detect_crop_only"] = round(
                 pipeline_rate(predictor, folder, PredictOptions(detect="auto")), 1
@@ -326,6 +382,14 @@ def main() -> None:
             report["ratio_auto_vs_detect_stage"] = round(
                 report["end_to_end_detect_auto"]["images_per_s"] / report["decode_detect_crop_only"], 3
             )
+            # the workers of the device-detection path (the GPU default): decode + first-pass input only
+            report["decode_prepare_only"] = round(
+                pipeline_rate(predictor, folder, PredictOptions(detect="auto"), frames=True), 1
+            )
+            if args.compare_workers:
+                report["end_to_end_detect_auto_on_workers"] = end_to_end(
+                    folder, quarter, args.images, args.weights, ["--detect-on", "workers"]
+                )
         for tool in ("dlib", "mediapipe") if args.baselines else ():
             report[f"baseline_{tool}"] = baseline(args.baselines, tool, folder, args.images)
             if "end_to_end_detect_auto" in report:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from .errors import UsageError
 from .keypoints import IBUG_POINTS
-from .options import Detect, Device, Faces, Model, Points, PredictOptions, Runtime
+from .options import Detect, DetectOn, Device, Faces, Model, Points, PredictOptions, Runtime
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,6 +48,7 @@ def predict(
     workers: int | None = None,
     passes: str = PredictOptions.passes,
     unsure_score: float = PredictOptions.unsure_score,
+    detect_on: str | DetectOn = PredictOptions.detect_on,
 ) -> pd.DataFrame:
     """Facial keypoints as a pandas DataFrame with exactly the columns of ``fkpbatch predict``'s CSV
     (one row per face; one row for an image without a face or that cannot be read).
@@ -59,7 +60,8 @@ def predict(
     ``points``: ``"15"`` (Kaggle) or ``"68"`` (adds ``p0_x`` .. ``p67_y``). ``model``: a shipped model,
     ``"fast"`` (default) or ``"accurate"``; ``weights``: a checkpoint from ``fkpbatch train``
     instead. The other options are those of ``fkpbatch predict`` (``detect``: auto | always |
-    never; ``faces``: all | largest; ``device``: auto | cpu | cuda | mps). A missing path or a bad
+    never; ``faces``: all | largest; ``device``: auto | cpu | cuda | mps; ``detect_on``: auto |
+    workers | device, where faces are detected). A missing path or a bad
     option raises :class:`fkpbatch.errors.UsageError`.
     """
     from .engine import Predictor
@@ -76,6 +78,7 @@ def predict(
         workers=workers,
         passes=passes,
         unsure_score=unsure_score,
+        detect_on=detect_on,
     )
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) or _is_image(inputs) else list(inputs)
     images = [_is_image(item) for item in items]

@@ -17,6 +17,7 @@ from .errors import FkpError
 from .options import (
     Augment,
     Detect,
+    DetectOn,
     Device,
     Engine,
     Faces,
@@ -142,6 +143,14 @@ def predict(
             "small faces are likely; one; two = always both."
         ),
     ] = PredictOptions.passes,
+    detect_on: Annotated[
+        DetectOn,
+        typer.Option(
+            help="Where faces are detected: auto = on the GPU when --device is CUDA, else in the workers; workers = "
+            "onnxruntime on the CPU, one image at a time; device = the detector on --device, whole batches at once "
+            "(the workers only decode)."
+        ),
+    ] = PredictOptions.detect_on,
     unsure_score: Annotated[
         float,
         typer.Option(
@@ -222,6 +231,7 @@ def predict(
             passes=passes,
             unsure_score=unsure_score,
             workers=workers,
+            detect_on=detect_on,
         )
         shard_spec = parse_shard(shard) if shard else None
         weights = resolve_weights(weights, model)
@@ -236,6 +246,7 @@ def predict(
             ray_address=ray_address,
             num_gpus=num_gpus,
             concurrency=concurrency,
+            detect_on=detect_on,
         )
         if engine == Engine.ray:
             _predict_with_ray(request, options, weights, device, runtime, ray_address, num_gpus, concurrency, quiet)
@@ -250,6 +261,7 @@ def predict(
                         f"model {weights} ({spec.arch}, {len(spec.keypoints)} points, {spec.input_size} px) "
                         f"on {predictor.device} in {runner}; batch {options.batch_size}, {options.workers} workers, "
                         f"--detect {options.detect}"
+                        + (f", detection on {predictor.device}" if predictor.detects_on_device(options) else "")
                     )
                 progress = progress_for("predict", quiet=quiet, terminal=err.is_terminal, console=err)
                 with progress:
@@ -309,6 +321,7 @@ def _check_engine_options(engine: str, **given) -> None:
             "--strict": given["strict"],
             "--overwrite": given["overwrite"],
             "--workers": given["workers"] is not None,
+            "--detect-on device": given.get("detect_on") == "device",
         }
         hint = "; Ray writes a new folder of shards, decodes in Ray tasks, and its rows carry each file's status"
     else:

@@ -4,9 +4,11 @@ boxes, scores and five landmarks in the searched image's pixels, unrounded."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar, Union
 
 import numpy as np
 from PIL import Image
@@ -34,6 +36,42 @@ class Detection:
     box: tuple[float, float, float, float]
     score: float
     landmarks: np.ndarray
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A search plan's request for one detector pass over ``image`` (longest side at most
+    ``max_side`` px, a grey border of ``pad``); answered with :class:`Candidates` in its pixels."""
+
+    image: Image.Image
+    max_side: int
+    pad: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decode:
+    """A search plan's request for the file at ``path`` decoded with its longest side at least
+    ``side`` px (:func:`fkpbatch.decode.load_reduced`); answered with the upright RGB picture."""
+
+    path: Path
+    side: int
+
+
+T = TypeVar("T")
+Plan = Generator[Union[Pass, Decode], Any, T]
+"""A search policy written once, as a generator: it yields :class:`Pass` and :class:`Decode`
+requests and is sent their answers; its return value is the result. DataLoader workers answer each
+request at once (:func:`run_plan`); the GPU path answers a whole batch's requests together."""
+
+
+def run_plan(plan: Plan[T], answer: Callable[[Pass | Decode], Any]) -> T:
+    """Run a search plan to its end, answering each request with ``answer(request)``."""
+    try:
+        request = next(plan)
+        while True:
+            request = plan.send(answer(request))
+    except StopIteration as done:
+        return done.value
 
 
 def onnx_model() -> bytes:
@@ -96,11 +134,74 @@ def _suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, containment: fl
 def _network_input(image: Image.Image) -> np.ndarray:
     """(1, 3, H, W) float32 BGR minus the channel means, one channel at a time (8x faster than
     converting, flipping and transposing the whole array)."""
-    rgb = np.asarray(image.convert("RGB"))
+    return _rgb_network_input(np.asarray(image.convert("RGB")))
+
+
+def _rgb_network_input(rgb: np.ndarray) -> np.ndarray:
     out = np.empty((1, 3, *rgb.shape[:2]), np.float32)
     for channel, (source, mean) in enumerate(zip((2, 1, 0), _MEAN_BGR)):
         np.subtract(rgb[..., source], mean, out=out[0, channel], dtype=np.float32)
     return out
+
+
+def _decode_kept(anchors, loc, scores, landms, height: int, width: int):
+    """The network outputs of the anchors ``anchors`` (indices into the priors of a ``height`` x
+    ``width`` input) -> boxes (x0, y0, x1, y1), scores and (5, 2) points in that input's pixels."""
+    priors = _priors(height, width)[anchors]
+    centres = priors[:, :2] + loc[:, :2] * _VARIANCE[0] * priors[:, 2:]
+    sizes = priors[:, 2:] * np.exp(loc[:, 2:] * _VARIANCE[1])
+    frame = np.array([width, height], dtype=np.float32)
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], 1) * np.tile(frame, 2)
+    points = (priors[:, None, :2] + landms.reshape(-1, 5, 2) * _VARIANCE[0] * priors[:, None, 2:]) * frame
+    return boxes, scores, points
+
+
+@lru_cache(maxsize=64)
+def _anchor_cells(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each prior's feature-map row, column and stride (int64, the priors' order)."""
+    rows, cols, strides = [], [], []
+    for stride, sizes in zip(_STRIDES, _ANCHOR_SIZES):
+        ny, nx = -(-height // stride), -(-width // stride)
+        ys, xs = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+        rows.append(np.repeat(ys.ravel(), len(sizes)))
+        cols.append(np.repeat(xs.ravel(), len(sizes)))
+        strides.append(np.full(ny * nx * len(sizes), stride))
+    return tuple(np.concatenate(a).astype(np.int64) for a in (rows, cols, strides))
+
+
+# The network's downsampling: a batch canvas is a multiple of this, so every level lines up.
+CANVAS_STEP = 32
+
+
+def make_canvas(images: Sequence) -> tuple[Any, Any]:
+    """Several (H, W, 3) uint8 RGB arrays or tensors as one (N, H', W', 3) uint8 tensor, each
+    top-left, padded with the mean colour (zero after the mean is taken off) to a multiple of 32 px,
+    and their (N, 2) heights and widths: what :meth:`FaceDetector.run_canvas` takes."""
+    import torch
+
+    height = -(-max(a.shape[0] for a in images) // CANVAS_STEP) * CANVAS_STEP
+    width = -(-max(a.shape[1] for a in images) // CANVAS_STEP) * CANVAS_STEP
+    canvas = torch.from_numpy(_MEAN_BGR[::-1].astype(np.uint8)).expand(len(images), height, width, 3).clone()
+    view = canvas.numpy()
+    for i, pixels in enumerate(images):
+        view[i, : pixels.shape[0], : pixels.shape[1]] = np.asarray(pixels)
+    return canvas, torch.tensor([a.shape[:2] for a in images], dtype=torch.int64).reshape(-1, 2)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One pass's network input as (H, W, 3) uint8 RGB ``pixels`` (a :class:`Pass`'s image resized
+    by ``scale`` and bordered by ``border`` px)."""
+
+    pixels: Any
+    scale: float
+    border: int
+
+    def candidates(self, boxes: np.ndarray, scores: np.ndarray, points: np.ndarray) -> Candidates:
+        """Faces found in ``pixels`` -> :class:`Candidates` in the pixels of the pass's image."""
+        # continuous coordinates of the detector's frame -> continuous coordinates of the image
+        border, scale = self.border, self.scale
+        return Candidates((boxes - border) / scale, scores, (points - border) / scale)
 
 
 class FaceDetector:
@@ -180,23 +281,61 @@ class FaceDetector:
 
     def _decode(self, loc, conf, landms, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One image's network outputs -> boxes, scores, points in the network input's pixels."""
-        priors = _priors(height, width)
-        keep = conf[:, 1] >= self.min_score
-        priors, loc, landms, scores = priors[keep], loc[keep], landms[keep], conf[keep, 1]
-        centres = priors[:, :2] + loc[:, :2] * _VARIANCE[0] * priors[:, 2:]
-        sizes = priors[:, 2:] * np.exp(loc[:, 2:] * _VARIANCE[1])
-        frame = np.array([width, height], dtype=np.float32)
-        boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], 1) * np.tile(frame, 2)
-        points = (priors[:, None, :2] + landms.reshape(-1, 5, 2) * _VARIANCE[0] * priors[:, None, 2:]) * frame
-        return boxes, scores, points
+        keep = np.flatnonzero(conf[:, 1] >= self.min_score)
+        return _decode_kept(keep, loc[keep], conf[keep, 1], landms[keep], height, width)
+
+    def answer(self, request: Pass) -> Candidates:
+        """One :class:`Pass` of a search plan, run here and now."""
+        return self.candidates(request.image, request.max_side, request.pad)
+
+    def prepare(self, request: Pass) -> Prepared:
+        """A :class:`Pass`'s network input as uint8 RGB pixels (what DataLoader workers send the GPU)."""
+        small, scale, border = self._prepare(request.image, request.max_side, request.pad)
+        return Prepared(np.asarray(small.convert("RGB")), scale, border)
+
+    def run_prepared(self, prepared: Sequence[Prepared]) -> list[Candidates]:
+        """Passes prepared by :meth:`prepare`, in one batched network call (the torch backend)."""
+        canvas, sizes = make_canvas([p.pixels for p in prepared])
+        return [p.candidates(*raw) for p, raw in zip(prepared, self.run_canvas(canvas, sizes))]
+
+    def run_canvas(self, canvas, sizes) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Boxes, scores and points (in each image's pixels) of the images on a :func:`make_canvas`
+        canvas: one call of the PyTorch port on ``self.device`` (fp16 autocast on CUDA), each image
+        searched exactly as alone (the network masks the padding after every layer), scores
+        thresholded on the device so that only the candidates travel back."""
+        import torch
+
+        from .runtime import autocast
+
+        device = torch.device(self.device)
+        n, height, width, _ = canvas.shape
+        sizes = torch.as_tensor(sizes, dtype=torch.int64)
+        with torch.inference_mode():
+            x = canvas.to(device, non_blocking=True).permute(0, 3, 1, 2).flip(1)  # RGB -> BGR, a view
+            mean = torch.from_numpy(_MEAN_BGR).to(device).view(1, 3, 1, 1)
+            x = (x.float() - mean).contiguous(memory_format=torch.channels_last)
+            on_device = sizes.to(device)
+            with autocast(device):
+                loc, conf, landms = self.network()(x, sizes=on_device)
+            rows, cols, strides = (torch.from_numpy(a).to(device) for a in _anchor_cells(height, width))
+            extent = (on_device[:, None, :] + strides[None, :, None] - 1) // strides[None, :, None]  # (N, A, 2)
+            inside = (rows[None] < extent[..., 0]) & (cols[None] < extent[..., 1])
+            image, anchor = torch.nonzero(inside & (conf[..., 1].float() >= self.min_score), as_tuple=True)
+            kept = (anchor, loc[image, anchor].float(), conf[image, anchor, 1].float(), landms[image, anchor].float())
+            image, (anchor, loc, scores, landms) = image.cpu().numpy(), (t.cpu().numpy() for t in kept)
+        bounds = np.searchsorted(image, np.arange(n + 1))
+        return [
+            _decode_kept(*(a[start:end] for a in (anchor, loc, scores, landms)), height, width)
+            for start, end in zip(bounds[:-1], bounds[1:])
+        ]
 
     def candidates(self, image: Image.Image, max_side: int, pad: float = 0.0) -> Candidates:
         """One pass with the longest side at most ``max_side`` px, in ``image``'s pixels."""
         small, scale, border = self._prepare(image, max_side, pad)
         loc, conf, landms = self._run(_network_input(small))
-        boxes, scores, points = self._decode(loc[0], conf[0], landms[0], small.height, small.width)
-        # continuous coordinates of the detector's frame -> continuous coordinates of ``image``
-        return Candidates((boxes - border) / scale, scores, (points - border) / scale)
+        return Prepared(None, scale, border).candidates(
+            *self._decode(loc[0], conf[0], landms[0], small.height, small.width)
+        )
 
     def wants_second_pass(self, coarse: Candidates, size: tuple[int, int], full: tuple[int, int] | None = None) -> bool:
         """After a coarse pass on an image of ``size``: is a finer pass worth its cost? Only when
@@ -229,29 +368,21 @@ class FaceDetector:
             faces.append(Detection((x0, y0, x1 - x0, y1 - y0), float(scores[i]), points[i] - 0.5))
         return sorted(faces, key=lambda f: (f.box[0] + f.box[2] / 2, f.box[1]))
 
+    def search(self, image: Image.Image, pad: float = 0.0, passes: str = "auto") -> Plan[list[Detection]]:
+        """:meth:`detect` as a search plan (see :data:`Plan`)."""
+        found = [(yield Pass(image, self.coarse, pad))]
+        second = passes == "two" and max(image.size) > self.coarse
+        if second or (passes == "auto" and self.wants_second_pass(found[0], image.size)):
+            found.append((yield Pass(image, self.fine, pad)))
+        return self.merge(found)
+
     def detect(self, image: Image.Image, pad: float = 0.0, passes: str = "auto") -> list[Detection]:
         """Faces in ``image`` (``pad``: grey border, as a fraction of the size, helps faces that
         fill the whole picture), in its pixels, ordered left to right by box centre. ``passes``:
         ``auto`` (the policy above), ``one`` (coarse only) or ``two`` (always both, as before 0.3)."""
-        found = [self.candidates(image, self.coarse, pad)]
-        second = passes == "two" and max(image.size) > self.coarse
-        if second or (passes == "auto" and self.wants_second_pass(found[0], image.size)):
-            found.append(self.candidates(image, self.fine, pad))
-        return self.merge(found)
+        return run_plan(self.search(image, pad, passes), self.answer)
 
     def detect_batch(self, images: Sequence[Image.Image], max_side: int) -> list[Candidates]:
         """One pass over several images in one network call (the GPU path): each is resized to at
-        most ``max_side`` px and pasted top-left on a shared canvas padded with the mean colour, so
-        the padding reads as zeros, like the network's own zero padding."""
-        prepared = [self._prepare(image, max_side, 0.0) for image in images]
-        height = -(-max(p[0].height for p in prepared) // 32) * 32
-        width = -(-max(p[0].width for p in prepared) // 32) * 32
-        batch = np.zeros((len(images), 3, height, width), np.float32)
-        for i, (small, _, _) in enumerate(prepared):
-            batch[i, :, : small.height, : small.width] = _network_input(small)[0]
-        loc, conf, landms = self._run(batch)
-        out = []
-        for i, (_, scale, _) in enumerate(prepared):
-            boxes, scores, points = self._decode(loc[i], conf[i], landms[i], height, width)
-            out.append(Candidates(boxes / scale, scores, points / scale))
-        return out
+        most ``max_side`` px and searched as if alone (see :meth:`run_canvas`)."""
+        return self.run_prepared([self.prepare(Pass(image, max_side)) for image in images])

@@ -1,6 +1,8 @@
 """The inference engine: DataLoader workers decode, detect and crop; the main process batches the
 crops through the keypoint model and maps keypoints back to original pixels. Streaming, so memory
-does not grow with the number of images."""
+does not grow with the number of images. With ``detect_on="device"`` (the default on a CUDA GPU) the
+workers only decode and the main process detects whole batches on the device
+(:mod:`fkpbatch.device_detect`), following the same face policy (:meth:`FaceCropper.search`)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import interrupts
 from .checkpoint import ModelSpec, load_model
 from .decode import load_reduced, to_rgb
-from .detect import FaceDetector
+from .detect import Decode, FaceDetector, Pass, Plan, run_plan
 from .discover import InputFile, discover, display_name
 from .errors import DecodeError, UsageError
 from .options import UNSURE_SIZE, Detect, Model, PredictOptions, Runtime
@@ -47,19 +49,23 @@ class FaceCropper:
     pixels or a face's crop would come out smaller than the model's input (no face is ever cropped
     from fewer pixels than the model sees)."""
 
-    def __init__(self, spec: ModelSpec, options: PredictOptions):
+    def __init__(self, spec: ModelSpec, options: PredictOptions, detector: FaceDetector | None = None):
         self.spec, self.options = spec, options
-        self.detector = FaceDetector(min_score=options.min_score) if options.detect != "never" else None
+        if detector is None and options.detect != "never":
+            detector = FaceDetector(min_score=options.min_score)
+        self.detector = detector if options.detect != "never" else None
 
-    def _faces(self, image, full: tuple[int, int], path) -> tuple[object, list[tuple[Box, float | None, Box]]]:
-        """(the picture to crop from, [(box in its pixels, score, box in original pixels)])."""
+    def search(self, image, full: tuple[int, int], path) -> Plan[tuple[object, list[tuple[Box, float | None, Box]]]]:
+        """The face policy as a search plan (:data:`fkpbatch.detect.Plan`): from the decoded picture
+        to (the picture to crop from, [(box in its pixels, score, box in original pixels)]). Workers
+        run it at once (:meth:`__call__`); the GPU path answers a batch's requests together."""
         width, height = full
         if self.detector is None:
             box = whole_image_box(width, height)
             return image, [(box, None, box)]
-        found, image = self._detect(image, full, path)
+        found, image = yield from self._detect(image, full, path)
         if not found and max(width, height) <= CROP_FALLBACK_SIDES[1]:
-            found = self._keep(self.detector.detect(image, pad=0.25, passes=self.options.passes), image, full)
+            found = self._keep((yield from self.detector.search(image, 0.25, self.options.passes)), image, full)
         if not found:
             fallback = self.options.detect == "auto" and looks_like_a_face_crop(width, height)
             return image, [(whole_image_box(*image.size), None, whole_image_box(width, height))] if fallback else []
@@ -69,9 +75,7 @@ class FaceCropper:
         smallest = min(b.size for b in boxes)
         if image.size != full and smallest < self.spec.input_size:
             # a face too small to crop from this decode: decode again just big enough (often 1/2 or 1/4 scale)
-            bigger, _ = load_reduced(
-                path, self.options.max_pixels, math.ceil(max(image.size) * self.spec.input_size / smallest) + 1
-            )
+            bigger = yield Decode(path, math.ceil(max(image.size) * self.spec.input_size / smallest) + 1)
             boxes = [_scale_box(b, bigger.width / image.width, bigger.height / image.height) for b in boxes]
             image = bigger
         sx, sy = width / image.width, height / image.height
@@ -81,7 +85,7 @@ class FaceCropper:
         """Faces (in original pixels) and the picture they were searched in: a coarse pass, and a
         fine pass where the detector's policy wants one, on a bigger decode if need be."""
         detector, passes = self.detector, self.options.passes
-        found = [detector.candidates(image, detector.coarse)]
+        found = [(yield Pass(image, detector.coarse))]
         fine = min(detector.fine, max(full))
         if (
             passes == "two"
@@ -90,10 +94,10 @@ class FaceCropper:
             and detector.wants_second_pass(found[0], image.size, full)
         ):
             if max(image.size) < fine:
-                bigger, _ = load_reduced(path, self.options.max_pixels, fine)
+                bigger = yield Decode(path, fine)
                 found = [found[0].scaled(bigger.width / image.width, bigger.height / image.height)]
                 image = bigger
-            found.append(detector.candidates(image, fine))
+            found.append((yield Pass(image, fine)))
         return self._keep(detector.merge(found), image, full), image
 
     def _keep(self, found, image, full):
@@ -101,34 +105,60 @@ class FaceCropper:
         sx, sy = full[0] / image.width, full[1] / image.height
         return [d for d in found if min(d.box[2] * sx, d.box[3] * sy) >= self.options.min_face]
 
+    def answer(self, request: Pass | Decode):
+        """A search plan's request, answered here and now (onnxruntime on this process's CPU)."""
+        if isinstance(request, Decode):
+            return load_reduced(request.path, self.options.max_pixels, request.side)[0]
+        return self.detector.answer(request)
+
     def __call__(self, item: InputFile | InMemoryImage) -> CropRecord:
         """The image's :class:`CropRecord`: status, size, boxes, scores and the (F, 1, S, S) uint8 crops."""
-        record = CropRecord(crops=self._no_crops())
-        if isinstance(item, InputFile) and not item.usable:  # decided at discovery: never opened (FIFOs block)
+        return self.guarded(item, self._crop)
+
+    def _crop(self, item, record: CropRecord) -> None:
+        image, full = self.load(item, record)
+        self.finish(record, *run_plan(self.search(image, full, getattr(item, "path", None)), self.answer))
+
+    def load(self, item: InputFile | InMemoryImage, record: CropRecord):
+        """(the picture, its full size), decoded as small as the detector's coarse pass allows."""
+        image, full = load_item(item, self.options.max_pixels, self.detector.coarse if self.detector else None)
+        record.width, record.height = full
+        return image, full
+
+    def finish(self, record: CropRecord, image, faces, gray=None) -> None:
+        """A finished plan's faces -> the record's crops, boxes and scores (or ``no_face``);
+        ``gray``: ``image`` already in grayscale, if at hand."""
+        if not faces:
+            record.status = "no_face"
+            return
+        gray = image.convert("L") if gray is None else gray
+        size = self.spec.input_size
+        record.crops = torch.stack([to_uint8_tensor(crop_face(gray, box, size)) for box, _, _ in faces])
+        record.boxes, record.scores = [b for _, _, b in faces], [s for _, s, _ in faces]
+
+    def guarded(self, item: InputFile | InMemoryImage, work, record: CropRecord | None = None) -> CropRecord:
+        """``work(item, record)`` with every failure turned into the record's status: a file decided
+        unusable at discovery is never opened (FIFOs block), one odd file never ends a run."""
+        record = CropRecord(crops=self.no_crops()) if record is None else record
+        if isinstance(item, InputFile) and not item.usable:
             record.status, record.error = ("error", item.error) if item.error else ("skipped", item.skip_reason)
             return record
         try:
-            side = self.detector.coarse if self.detector is not None else None
-            image, full = load_item(item, self.options.max_pixels, side)
-            record.width, record.height = full
-            image, faces = self._faces(image, full, getattr(item, "path", None))
-            if not faces:
-                record.status = "no_face"
-                return record
-            gray = image.convert("L")
-            size = self.spec.input_size
-            record.crops = torch.stack([to_uint8_tensor(crop_face(gray, box, size)) for box, _, _ in faces])
-            record.boxes, record.scores = [b for _, _, b in faces], [s for _, s, _ in faces]
-            return record
-        except DecodeError as exc:
+            work(item, record)
+        except Exception as exc:  # noqa: BLE001 - one odd file must never end a 100,000-image run
+            self.failed(record, item, exc)
+        return record
+
+    def failed(self, record: CropRecord, item, exc: Exception) -> None:
+        """The status and error of an image whose decoding, detection or cropping raised ``exc``."""
+        if isinstance(exc, DecodeError):
             skipped = item.skip_if_not_image and str(exc).startswith("not an image")
             record.status, record.error = "skipped" if skipped else "error", str(exc)
-            return record
-        except Exception as exc:  # noqa: BLE001 - one odd file must never end a 100,000-image run
+        else:
             record.status, record.error = "error", f"{type(exc).__name__}: {exc}"
-            return record
+        record.crops = self.no_crops()
 
-    def _no_crops(self) -> torch.Tensor:
+    def no_crops(self) -> torch.Tensor:
         return torch.zeros((0, 1, self.spec.input_size, self.spec.input_size), dtype=torch.uint8)
 
 
@@ -323,30 +353,66 @@ class Predictor:
             raise UsageError(f"{len(names)} names for {len(images)} images")
         yield from self._predict([InMemoryImage(image, name) for image, name in zip(images, names)], options)
 
+    def detects_on_device(self, options: PredictOptions) -> bool:
+        """Whether a run with ``options`` detects faces on the model's device (the PyTorch port of the
+        detector, whole batches at once) rather than in the DataLoader workers (onnxruntime on the CPU).
+        ``detect_on="auto"``: on the device when it is a CUDA GPU."""
+        if options.detect == "never":
+            return False
+        if options.detect_on == "auto":
+            return self.device.type == "cuda"
+        return options.detect_on == "device"
+
+    def face_detector(self, min_score: float) -> FaceDetector:
+        """The PyTorch port of the detector on the model's device (the network built once)."""
+        detector = FaceDetector(min_score=min_score, backend="torch", device=str(self.device))
+        if getattr(self, "_detector_net", None) is None:
+            self._detector_net = detector.network()
+        detector._net = self._detector_net
+        return detector
+
     def _predict(self, items: list[InputFile | InMemoryImage], options: PredictOptions | None) -> Iterator[ImageResult]:
         options = options or PredictOptions()
         self.options = options
         if not items:
             return
         torch.set_num_threads(cpu_count())
+        search = None
+        if self.detects_on_device(options):
+            from .device_detect import DeviceSearch, FrameSource, collate_frames
+
+            source, collate = FrameSource(items, self.spec, options), collate_frames
+            search = DeviceSearch(self.spec, options, self.face_detector(options.min_score))
+        else:
+            source, collate = ImageSource(items, self.spec, options), collate_images
         loader = DataLoader(
-            ImageSource(items, self.spec, options),
+            source,
             batch_size=options.batch_size,
             num_workers=options.workers,
-            collate_fn=collate_images,
+            collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             worker_init_fn=_worker_init,
-            prefetch_factor=4 if options.workers else None,
+            # the device path's batches carry pictures, not crops: fewer in flight
+            prefetch_factor=(2 if search else 4) if options.workers else None,
             persistent_workers=False,
         )
         batches = iter(loader)
-        while True:
-            with interrupts.deferred():  # a stop signal waits until the batch being received is whole
-                batch = next(batches, None)
-            if batch is None:
-                return
-            crops, records = batch
-            yield from self.results(crops, records, [items[r.index] for r in records])
+        try:
+            while True:
+                with interrupts.deferred():  # a stop signal waits until the batch being received is whole
+                    batch = next(batches, None)
+                if batch is None:
+                    return
+                if search is None:
+                    crops, records = batch
+                    inputs = [items[r.index] for r in records]
+                else:
+                    inputs = [items[r.index] for r in batch.records]
+                    crops, records = search.crops(batch, inputs)
+                yield from self.results(crops, records, inputs)
+        finally:
+            if search is not None:
+                search.close()
 
     def unsure(self, score: float | None, quality: float | None) -> bool:
         """A doubtful detection: low detector score and low keypoint quality (PredictOptions.unsure_score)."""

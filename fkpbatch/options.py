@@ -20,6 +20,7 @@ __all__ = [
     "Augment",
     "Choice",
     "Detect",
+    "DetectOn",
     "Device",
     "Engine",
     "Faces",
@@ -71,6 +72,16 @@ class Detect(Choice):
     auto = "auto"
     always = "always"
     never = "never"
+
+
+class DetectOn(Choice):
+    """``--detect-on``: where faces are detected. auto: on the model's device when it is a CUDA GPU,
+    in the workers otherwise; workers (onnxruntime on the CPU, one image at a time); device (the
+    PyTorch port of the detector on --device, whole batches at once; the workers only decode)."""
+
+    auto = "auto"
+    workers = "workers"
+    device = "device"
 
 
 class Passes(Choice):
@@ -191,11 +202,14 @@ class PredictOptions:
     ``unsure_quality`` is dropped when the picture holds a clear face at a similar scale; 0 keeps all."""
     unsure_quality: float = UNSURE_QUALITY
     """See ``unsure_score``."""
+    detect_on: DetectOn = DetectOn.auto
+    """Where faces are detected (see :class:`DetectOn`); the same faces either way."""
 
     def __post_init__(self):
         object.__setattr__(self, "detect", Detect.parse(self.detect, "--detect"))
         object.__setattr__(self, "faces", Faces.parse(self.faces, "--faces"))
         object.__setattr__(self, "passes", Passes.parse(self.passes, "--passes"))
+        object.__setattr__(self, "detect_on", DetectOn.parse(self.detect_on, "--detect-on"))
         if self.workers is None:
             object.__setattr__(self, "workers", _default_workers())
         if self.batch_size < 1 or self.workers < 0:

@@ -5,6 +5,10 @@ The network is biubug6's ``cfg_mnet`` RetinaFace with every batch norm folded in
 one SSH block per level and 1x1 heads for scores, boxes and five landmarks. Its outputs equal the
 ONNX graph's (``loc``, ``conf`` after softmax, ``landmarks``), so the priors and decoding of
 :mod:`fkpbatch.detect` serve both; it runs batched, on any device, in fp32 or under autocast.
+
+Batches of different sizes share a canvas (``forward(x, sizes=...)``): each image sits top-left and
+every layer's output is zeroed outside the image's extent at that scale, which is what the network's
+own zero padding gives an image alone, so each image's outputs equal its unbatched ones.
 """
 
 from __future__ import annotations
@@ -36,6 +40,29 @@ class _Conv(nn.Module):
         return F.leaky_relu(x, _SLOPE) if self.act else x
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class _Extent:
+    """Zeroes a feature map outside each image's extent: ``sizes`` (N, 2) heights and widths on a
+    canvas of ``canvas`` (H, W) px, a multiple of 32, so a level of h rows has stride H / h."""
+
+    def __init__(self, sizes: torch.Tensor, canvas: tuple[int, int]):
+        self.sizes, self.canvas, self.masks = sizes, canvas, {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2:]
+        key = (h, w, x.dtype)
+        if key not in self.masks:
+            stride = torch.tensor([self.canvas[0] // h, self.canvas[1] // w], device=x.device)
+            extent = (self.sizes + stride - 1) // stride  # ceil: what the strided convolutions keep
+            rows = torch.arange(h, device=x.device)[None, :, None] < extent[:, 0, None, None]
+            cols = torch.arange(w, device=x.device)[None, None, :] < extent[:, 1, None, None]
+            self.masks[key] = (rows & cols)[:, None].to(x.dtype)
+        return x * self.masks[key]
+
+
 class _SSH(nn.Module):
     def __init__(self, name: str):
         super().__init__()
@@ -45,10 +72,10 @@ class _SSH(nn.Module):
         self.conv7_2 = _Conv(f"/{name}/conv7X7_2/conv7X7_2.0", 16, 16, 3)
         self.conv7_3 = _Conv(f"/{name}/conv7x7_3/conv7x7_3.0", 16, 16, 3, act=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask=_identity) -> torch.Tensor:
         # the ONNX graph computes conv5X5_1 twice with the same weights; once is the same result
-        mid = self.conv5_1(x)
-        return F.relu(torch.cat([self.conv3(x), self.conv5_2(mid), self.conv7_3(self.conv7_2(mid))], 1))
+        mid = mask(self.conv5_1(x))
+        return F.relu(torch.cat([self.conv3(x), self.conv5_2(mid), self.conv7_3(mask(self.conv7_2(mid)))], 1))
 
 
 class RetinaFaceNet(nn.Module):
@@ -83,15 +110,26 @@ class RetinaFaceNet(nn.Module):
             }
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, sizes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``sizes``: (N, 2) int heights and widths of the images on a canvas whose sides are
+        multiples of 32 (see the module's docstring); None = each image fills ``x``."""
+        if sizes is not None and (x.shape[2] % 32 or x.shape[3] % 32):
+            raise ValueError(f"a canvas with sizes must be a multiple of 32 px, not {tuple(x.shape[2:])}")
+        mask = _identity if sizes is None else _Extent(sizes.to(x.device), tuple(x.shape[2:]))
         features = []
+        # only what a 3x3 convolution reads must be zero outside the extents: a depthwise layer's
+        # output feeds a 1x1 convolution, whose output is masked before the next 3x3 one
         for stage in self.stages:
-            x = stage(x)
+            for layer in stage:
+                x = layer(x) if layer.conv.groups > 1 else mask(layer(x))
             features.append(x)
         o1, o2, o3 = (conv(f) for conv, f in zip(self.outputs, features))
-        o2 = self.merge2(o2 + F.interpolate(o3, size=o2.shape[2:], mode="nearest"))
-        o1 = self.merge1(o1 + F.interpolate(o2, size=o1.shape[2:], mode="nearest"))
-        levels = [ssh(f) for ssh, f in zip(self.ssh, (o1, o2, o3))]
+        o3 = mask(o3)
+        o2 = mask(self.merge2(mask(o2 + F.interpolate(o3, size=o2.shape[2:], mode="nearest"))))
+        o1 = mask(self.merge1(mask(o1 + F.interpolate(o2, size=o1.shape[2:], mode="nearest"))))
+        levels = [ssh(f, mask) for ssh, f in zip(self.ssh, (o1, o2, o3))]
         n = x.shape[0]
 
         def head(name: str, width: int) -> torch.Tensor:
