@@ -23,7 +23,7 @@ class ShippedModel:
     name: str
     file: str  # inside weights/
     input_size: int  # crop side in pixels
-    faces_per_s: str  # model alone, batch 64, onnxruntime, the project's 2-core CPU
+    faces_per_s: str  # model alone, batch 64, onnxruntime, the project's 2-core CPU with nothing else running
     nme_faces15: float  # 15 Kaggle points, % of the outer-eye-corner distance, held-out faces15 persons
     nme68_300w: float  # 68 iBUG points, the same normalisation, held-out HELEN + LFPW photos (manual labels)
     summary: str
@@ -32,9 +32,15 @@ class ShippedModel:
 SHIPPED_MODELS: dict[str, ShippedModel] = {
     m.name: m
     for m in (
-        ShippedModel("fast", "fkpnet68.pt", 96, "391-449", 3.79, 4.08, "fkpnet, 15 + 68 points; the default"),
+        ShippedModel("fast", "fkpnet68.pt", 96, "623-637", 3.79, 4.08, "fkpnet, 15 + 68 points; the default"),
         ShippedModel(
-            "accurate", "fkpnet68_128.pt", 128, "249", 3.67, 3.91, "fkpnet at 128 px, 15 + 68 points; the most accurate"
+            "accurate",
+            "fkpnet68_128.pt",
+            128,
+            "375-398",
+            3.67,
+            3.91,
+            "fkpnet at 128 px, 15 + 68 points; the most accurate",
         ),
     )
 }
