@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,20 @@ def gradient_image(size=(64, 48), mode="RGB") -> Image.Image:
     x = np.linspace(0, 255, size[0], dtype=np.uint8)
     array = np.tile(x, (size[1], 1))
     return Image.fromarray(array).convert(mode)
+
+
+def predict_command(inputs, weights, out, *options):
+    """``fkpbatch predict`` as a user or a scheduler starts it: its own process, quiet."""
+    return [
+        sys.executable,
+        "-m",
+        "fkpbatch",
+        "predict",
+        str(inputs),
+        "-w",
+        str(weights),
+        "-o",
+        str(out),
+        *options,
+        "-q",
+    ]

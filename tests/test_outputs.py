@@ -28,7 +28,7 @@ from fkpbatch.errors import OutputError
 from fkpbatch.keypoints import IBUG_POINTS, KAGGLE_POINTS
 from fkpbatch.transforms import Box, Framing
 
-from conftest import REPO, gradient_image
+from conftest import REPO, gradient_image, predict_command
 
 runner = CliRunner()
 FACE = REPO / "examples" / "Celso_Lafer_12.jpg"
@@ -180,24 +180,7 @@ def test_a_second_run_on_a_locked_output_exits_2_naming_the_first(tmp_path, tiny
 
 def test_sigterm_to_the_job_stops_cleanly_and_resume_completes(tmp_path, tiny_weights, many):
     out = tmp_path / "out.csv"
-    command = [
-        sys.executable,
-        "-m",
-        "fkpbatch",
-        "predict",
-        str(many),
-        "-w",
-        str(tiny_weights),
-        "-o",
-        str(out),
-        "--detect",
-        "never",
-        "--batch-size",
-        "2",
-        "--workers",
-        "1",
-        "-q",
-    ]
+    command = predict_command(many, tiny_weights, out, "--detect", "never", "--batch-size", "2", "--workers", "1")
     first = _start(command, out)
     os.killpg(first.pid, signal.SIGTERM)  # as a scheduler does: the whole job, DataLoader workers too
     _, stderr = first.communicate(timeout=60)
@@ -214,24 +197,7 @@ def test_sigterm_to_the_job_stops_cleanly_and_resume_completes(tmp_path, tiny_we
 
 def test_sigterm_on_json_writes_a_valid_array_that_resume_completes(tmp_path, tiny_weights, many):
     out = tmp_path / "out.json"
-    command = [
-        sys.executable,
-        "-m",
-        "fkpbatch",
-        "predict",
-        str(many),
-        "-w",
-        str(tiny_weights),
-        "-o",
-        str(out),
-        "--detect",
-        "never",
-        "--batch-size",
-        "4",
-        "--workers",
-        "0",
-        "-q",
-    ]
+    command = predict_command(many, tiny_weights, out, "--detect", "never", "--batch-size", "4", "--workers", "0")
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not [

@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ from typer.testing import CliRunner
 
 from fkpbatch.cli import app
 
-from conftest import REPO, gradient_image
+from conftest import REPO, gradient_image, predict_command
 
 runner = CliRunner()
 FACE = REPO / "examples" / "Celso_Lafer_12.jpg"
@@ -104,22 +103,7 @@ def test_killed_twice_then_resumed_every_image_once(tmp_path, tiny_weights):
     for i in range(120):
         shutil.copy(FACE, folder / f"face{i:03d}.jpg")
     out = tmp_path / "out.csv"
-    command = [
-        sys.executable,
-        "-m",
-        "fkpbatch",
-        "predict",
-        str(folder),
-        "-w",
-        str(tiny_weights),
-        "-o",
-        str(out),
-        "--batch-size",
-        "4",
-        "--workers",
-        "1",
-        "--quiet",
-    ]
+    command = predict_command(folder, tiny_weights, out, "--batch-size", "4", "--workers", "1")
     for attempt in range(2):
         before = len(_rows(out)) if out.exists() else 0
         process = subprocess.Popen(command + (["--resume"] if attempt else []), cwd=tmp_path)
@@ -206,22 +190,7 @@ def test_ctrl_c_flushes_whole_rows_says_how_to_resume_and_exits_130(tmp_path, ti
         (folder / f"face{i:03d}.jpg").symlink_to(FACE)
     out = tmp_path / "out.csv"
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fkpbatch",
-            "predict",
-            str(folder),
-            "-w",
-            str(tiny_weights),
-            "-o",
-            str(out),
-            "--batch-size",
-            "4",
-            "--workers",
-            "1",
-            "--quiet",
-        ],
+        predict_command(folder, tiny_weights, out, "--batch-size", "4", "--workers", "1"),
         stderr=subprocess.PIPE,
         text=True,
         # a shell that started pytest in the background (nohup, &) leaves SIGINT
