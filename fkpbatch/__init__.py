@@ -24,9 +24,11 @@ _LAZY: dict[str, str] = {
     "FkpError": ".errors",
     "UsageError": ".errors",
     "Detect": ".options",
+    "DetectOn": ".options",
     "Device": ".options",
     "Faces": ".options",
     "Model": ".options",
+    "Passes": ".options",
     "Points": ".options",
     "PredictOptions": ".options",
     "Runtime": ".options",
@@ -44,9 +46,11 @@ if TYPE_CHECKING:
     from .errors import FkpError as FkpError
     from .errors import UsageError as UsageError
     from .options import Detect as Detect
+    from .options import DetectOn as DetectOn
     from .options import Device as Device
     from .options import Faces as Faces
     from .options import Model as Model
+    from .options import Passes as Passes
     from .options import Points as Points
     from .options import PredictOptions as PredictOptions
     from .options import Runtime as Runtime

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .decode import load_image
+from .decode import DEFAULT_MAX_PIXELS, load_image
 from .errors import FkpError
 from .fileio import atomic_write, same_file, write_bytes_atomic
 from .results import FaceResult, ImageResult
@@ -57,6 +57,7 @@ def draw_result(
     overwrite: bool = False,
     inputs=(),
     quiet_if_exists: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> str | None:
     """Write the annotated picture of ``result`` with the keypoints named in ``drawn`` (default
     all), and add its faces to ``sheet``; returns a warning instead of raising. An existing file
@@ -74,7 +75,10 @@ def draw_result(
         return f"{result.image}: annotated copy {target} would overwrite the input; not written"
     if os.path.lexists(target) and not overwrite:
         return None if quiet_if_exists else f"{result.image}: {target} exists; not replaced (pass --overwrite)"
-    image = load_image(result.source.path)
+    try:  # the file may have changed since it was predicted: a warning, never the end of the run
+        image = load_image(result.source.path, max_pixels)
+    except (OSError, FkpError) as exc:
+        return f"{result.image}: annotated copy not written ({exc})"
     draw_faces(image, result.faces, keypoints, drawn)
     if sheet is not None:
         sheet.add(result, image, target)

@@ -14,9 +14,10 @@ from pathlib import Path
 from . import interrupts
 from .annotate import ContactSheet, draw_result
 from .discover import discover
-from .engine import PredictOptions, Predictor
+from .engine import Predictor
 from .errors import OutputError, UsageError
 from .keypoints import IBUG_POINTS, points_for
+from .options import PredictOptions
 from .resume import (
     Existing,
     InputIdentities,
@@ -81,6 +82,7 @@ def run_parameters(
         "max_pixels": options.max_pixels,
         "passes": str(options.passes),
         "unsure_score": options.unsure_score,
+        "unsure_quality": options.unsure_quality,
         "raw_names": request.raw_names and fmt == "csv",
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
     }
@@ -193,6 +195,7 @@ def run_batch(
                             overwrite=request.overwrite,
                             inputs=inputs,
                             quiet_if_exists=request.resume,
+                            max_pixels=options.max_pixels,
                         )
                         if warning:
                             summary.warnings.append(warning)

@@ -52,7 +52,7 @@ ModelOption = Annotated[
 ]
 DeviceOption = Annotated[Device, typer.Option(help="auto = CUDA if available, else MPS, else CPU.")]
 WorkersOption = Annotated[
-    Optional[int], typer.Option(help="DataLoader worker processes (default: min(4, cores)).", min=0)
+    Optional[int], typer.Option(help="DataLoader worker processes (default: one per core).", min=0)
 ]
 BatchOption = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.", min=1)]
 RuntimeOption = Annotated[Runtime, typer.Option(help="auto = onnxruntime on the CPU, PyTorch on a GPU.")]
@@ -247,6 +247,7 @@ def predict(
             num_gpus=num_gpus,
             concurrency=concurrency,
             detect_on=detect_on,
+            raw_names=raw_names,
         )
         if engine == Engine.ray:
             _predict_with_ray(request, options, weights, device, runtime, ray_address, num_gpus, concurrency, quiet)
@@ -322,6 +323,7 @@ def _check_engine_options(engine: str, **given) -> None:
             "--overwrite": given["overwrite"],
             "--workers": given["workers"] is not None,
             "--detect-on device": given.get("detect_on") == "device",
+            "--raw-names": given["raw_names"],  # Ray's shards are for pipelines: names as they are
         }
         hint = "; Ray writes a new folder of shards, decodes in Ray tasks, and its rows carry each file's status"
     else:
@@ -586,11 +588,6 @@ def merge(
             raise FkpError(f"--shards {shards}, but the outputs record {recorded} shards")
         count = shards or recorded
         report = merge_outputs(outputs, out, expected, overwrite=overwrite, shards=count)
-        if report["missing"] and count is None:
-            raise FkpError(
-                f"{len(report['missing'])} images not in any shard output (e.g. {report['missing'][0]}), and "
-                "the outputs do not record the shard count (no --shard in their sidecars); pass --shards N"
-            )
     err.print(f"merged {report['images']} images ({report['rows']} rows) into {out}", highlight=False)
     for shard_out, image in report["dropped"]:
         err.print(

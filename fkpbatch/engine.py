@@ -22,16 +22,15 @@ from . import interrupts
 from .checkpoint import ModelSpec, load_model
 from .decode import load_reduced, to_rgb
 from .detect import Decode, FaceDetector, Pass, Plan, run_plan
-from .discover import InputFile, discover, display_name
+from .discover import InputFile, discover
 from .errors import DecodeError, UsageError
-from .options import UNSURE_SIZE, Detect, Model, PredictOptions, Runtime
+from .options import UNSURE_SIZE, Model, PredictOptions, Runtime
 from .results import CropRecord, FaceResult, ImageResult
 from .runtime import autocast, cpu_count, resolve_device, to_model_input
 from .transforms import Box, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
 from .zoo import DEFAULT_MODEL, model_path, resolve_weights
 
 DEFAULT_WEIGHTS = model_path(DEFAULT_MODEL)
-DETECT_MODES = Detect.values()
 # --detect auto: a roughly square image of 32..400 px with no detected face is taken as a tight
 # face crop (Kaggle's 96x96 faces, faces15-like crops); anything else without a face is no_face.
 CROP_FALLBACK_SIDES = (32, 400)
@@ -222,13 +221,8 @@ def input_files(items: Iterable[InputFile | PathLike], *, recursive: bool = True
         if isinstance(item, InputFile):
             files.append(item)
         elif isinstance(item, (str, os.PathLike)):
-            path = Path(item)
-            if path.is_dir():
-                files.extend(discover([path], recursive=recursive).files)
-            elif path.exists() or path.is_symlink():
-                files.append(InputFile(path, display_name(str(path)), False, display_name(str(path))))
-            else:
-                raise UsageError(f"{display_name(str(path))}: no such file or folder")
+            # as the CLI finds it: a folder walked, a FIFO or device never opened, a missing path refused
+            files.extend(discover([Path(item)], recursive=recursive).files)
         else:
             raise UsageError(f"expected a file path (str or Path), not {type(item).__name__}")
     return files
@@ -276,6 +270,14 @@ def load_item(item: InputFile | InMemoryImage, max_pixels: int, min_side: int | 
     return load_reduced(item.path, max_pixels, min_side)
 
 
+def is_unsure(score: float | None, quality: float | None, options: PredictOptions) -> bool:
+    """A doubtful detection: a detector score under ``options.unsure_score`` and a keypoint quality
+    under ``options.unsure_quality`` (models without a quality score are never doubtful)."""
+    return (
+        score is not None and quality is not None and score < options.unsure_score and quality < options.unsure_quality
+    )
+
+
 class Predictor:
     """A loaded keypoint model; build once (:meth:`load`), then call :meth:`predict_paths` on any
     number of files or :meth:`predict_images` on in-memory pictures.
@@ -289,7 +291,6 @@ class Predictor:
         if runtime == "onnxruntime" and device.type != "cpu":
             raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu")
         self.spec, self.device = spec, device
-        self.options = PredictOptions()  # predict_paths sets the run's
         self.model = model.to(device, memory_format=torch.channels_last)
         self.onnx = None
         if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu"):
@@ -373,7 +374,6 @@ class Predictor:
 
     def _predict(self, items: list[InputFile | InMemoryImage], options: PredictOptions | None) -> Iterator[ImageResult]:
         options = options or PredictOptions()
-        self.options = options
         if not items:
             return
         torch.set_num_threads(cpu_count())
@@ -409,34 +409,33 @@ class Predictor:
                 else:
                     inputs = [items[r.index] for r in batch.records]
                     crops, records = search.crops(batch, inputs)
-                yield from self.results(crops, records, inputs)
+                yield from self.results(crops, records, inputs, options)
         finally:
             if search is not None:
                 search.close()
 
-    def unsure(self, score: float | None, quality: float | None) -> bool:
-        """A doubtful detection: low detector score and low keypoint quality (PredictOptions.unsure_score)."""
-        options = self.options
-        return (
-            score is not None
-            and quality is not None
-            and score < options.unsure_score
-            and quality < options.unsure_quality
-        )
-
-    def only_faces(self, faces: list[FaceResult]) -> list[FaceResult]:
-        """Drop doubtful detections beside a clear face at a similar scale (box >= UNSURE_SIZE of the
-        biggest clear face): a face-like patch of a painting, the back of a head. A doubtful face alone
-        in its picture is kept, and so are the small blurred faces of people behind the subject."""
-        clear = [f.box.size for f in faces if not self.unsure(f.score, f.quality)]
+    @staticmethod
+    def only_faces(faces: list[FaceResult], options: PredictOptions) -> list[FaceResult]:
+        """Drop doubtful detections (:func:`is_unsure`) beside a clear face at a similar scale (box >=
+        UNSURE_SIZE of the biggest clear face): a face-like patch of a painting, the back of a head. A
+        doubtful face alone in its picture is kept, and so are the small blurred faces of people
+        behind the subject."""
+        clear = [f.box.size for f in faces if not is_unsure(f.score, f.quality, options)]
         if not clear:
             return faces
-        return [f for f in faces if not (self.unsure(f.score, f.quality) and f.box.size >= UNSURE_SIZE * max(clear))]
+        return [
+            f for f in faces if not (is_unsure(f.score, f.quality, options) and f.box.size >= UNSURE_SIZE * max(clear))
+        ]
 
     def results(
-        self, crops: torch.Tensor, records: list[CropRecord], items: list[InputFile | InMemoryImage]
+        self,
+        crops: torch.Tensor,
+        records: list[CropRecord],
+        items: list[InputFile | InMemoryImage],
+        options: PredictOptions,
     ) -> list[ImageResult]:
-        """Run the model on a batch's crops and map keypoints back into each record's image."""
+        """Run the model on a batch's crops and map keypoints back into each record's image; drop the
+        doubtful detections ``options`` describe (:meth:`only_faces`)."""
         names = self.spec.keypoints
         unit, quality = self._keypoints(crops) if len(crops) else (np.zeros((0, len(names), 2)), None)
         results, face = [], 0
@@ -456,7 +455,7 @@ class Predictor:
                 for i, (box, score) in enumerate(zip(record.boxes, record.scores))
             ]
             face += len(found)
-            result.faces = self.only_faces(found)
+            result.faces = self.only_faces(found, options)
             if result.status == "ok" and not result.faces:
                 result.status = "no_face"
             results.append(result)

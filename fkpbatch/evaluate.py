@@ -12,11 +12,12 @@ import torch
 
 from .datasets import KAGGLE_SIZE, _read_csv, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
 from .discover import InputFile
-from .engine import PredictOptions, Predictor
+from .engine import Predictor
 from .errors import DataError, UsageError
 from .fileio import atomic_write, check_target
 from .keypoints import IBUG_POINTS, KAGGLE_POINTS, coordinate_columns
 from .metrics import summarize
+from .options import PredictOptions
 from .transforms import FRAMING_POINTS, Framing, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
 
 KAGGLE_FRAMING = Framing()

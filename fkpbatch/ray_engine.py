@@ -19,9 +19,10 @@ import torch
 
 from .checkpoint import ModelSpec, load_model
 from .discover import InputFile, discover
-from .engine import DEFAULT_WEIGHTS, RUNTIMES, FaceCropper, PredictOptions, Predictor
+from .engine import DEFAULT_WEIGHTS, RUNTIMES, FaceCropper, Predictor
 from .errors import UsageError
 from .keypoints import IBUG_POINTS
+from .options import PredictOptions
 from .results import CropRecord
 from .transforms import Box
 from .writers import RowLayout
@@ -68,9 +69,10 @@ def _crop(row: dict, spec_json: str, options: PredictOptions) -> dict:
 class _KeypointActor:
     """Ray actor: loads the model once, turns a batch of cropped records into output rows."""
 
-    def __init__(self, weights: str, device: str, points: str, runtime: str = "auto"):
+    def __init__(self, weights: str, device: str, points: str, options: PredictOptions, runtime: str = "auto"):
         self.predictor = Predictor.load(weights, device, runtime)
         self.layout = RowLayout(self.predictor.spec.keypoints, points)
+        self.options = options  # e.g. --unsure-score: which detections are faces
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         size = self.predictor.spec.input_size
@@ -91,7 +93,7 @@ class _KeypointActor:
         items = [_item(r) for r in batch[["path", "name", "skip", "relative"]].to_dict("records")]
         rows = [
             row
-            for result in self.predictor.results(crops, records, items)
+            for result in self.predictor.results(crops, records, items, self.options)
             if result.status != "skipped"
             for row in self.layout.rows(result)
         ]
@@ -162,6 +164,7 @@ def run_ray(
             "weights": str(weights.resolve()),
             "device": "cuda" if num_gpus else device,
             "points": points,
+            "options": options,
             "runtime": runtime,
         },
         batch_size=options.batch_size,

@@ -38,6 +38,7 @@ OPTION_OF = {
     "max_pixels": "--max-pixels",
     "passes": "--passes",
     "unsure_score": "--unsure-score",
+    "unsure_quality": "unsure_quality (Python API)",
     "raw_names": "--raw-names",
     "shard": "--shard",
 }

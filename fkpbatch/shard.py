@@ -180,11 +180,16 @@ def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite:
         text = csv_text([header] + [r for _, r in records])  # cells as the shards wrote them
     else:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in records)
+    missing = sorted(set(expected) - set(owners)) if expected is not None else []
+    if missing and shards is None:  # checked before anything is written: the fix is to rerun with --shards
+        raise UsageError(
+            f"{len(missing)} images not in any shard output (e.g. {missing[0]}), and the outputs do not record "
+            "the shard count (no --shard in their sidecars); pass --shards N to name the incomplete shards"
+        )
     write_bytes_atomic(out, text, overwrite=overwrite, inputs=inputs)
     if runs and len(runs) == len(inputs):  # the merged file is an output of the same run: --resume continues it
         write_sidecar(out, runs[0][1]["params"], runs[0][1].get("columns") or header, len(text.encode("utf-8")))
-    missing = sorted(set(expected) - set(owners)) if expected is not None else []
-    incomplete = Counter(shard_of(name, shards or len(inputs)) for name in missing)
+    incomplete = Counter(shard_of(name, shards) for name in missing)
     return {
         "images": len(owners),
         "rows": len(records),

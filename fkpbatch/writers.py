@@ -24,7 +24,7 @@ from .keypoints import KAGGLE_POINTS, coordinate_columns
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .engine import ImageResult
+    from .results import ImageResult
 
 FORMATS = ("csv", "json", "jsonl")
 BASE_COLUMNS = ["image", "face", "status", "error", "width", "height", "score", "box_x", "box_y", "box_w", "box_h"]
@@ -198,7 +198,8 @@ class ResultWriter:
         if self.path is None:
             sys.stdout.flush()
         elif fmt == "json":
-            self._json = atomic_write(self.path, overwrite=True)
+            # --resume rewrites the JSON it continues (objects); anything else needs --overwrite
+            self._json = atomic_write(self.path, overwrite=overwrite or objects is not None)
             self._fd = self._json.__enter__().fileno()
         elif resume_fd is not None:
             os.ftruncate(resume_fd, keep)  # drop a torn or unfinished last image (checked by the caller)
@@ -266,8 +267,11 @@ class ResultWriter:
 
     def close(self) -> None:
         """Finish the file: JSON is closed and renamed into place (unless a write failed, which
-        leaves the previous output as it was); CSV/JSONL are synced to disk."""
+        leaves the previous output as it was); CSV/JSONL are synced to disk. On stdout, JSON's
+        array is closed too, so what a stopped run printed still parses."""
         if self.path is None:
+            if self.fmt == "json":
+                self._write("\n]\n")
             return
         if self.fmt == "json":
             self._write("\n]\n")

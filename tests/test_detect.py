@@ -149,20 +149,18 @@ def test_a_large_jpeg_gives_the_same_faces_as_its_png(composite, tiny_weights, t
 
 
 def test_unsure_detections_are_not_faces():
-    from fkpbatch.engine import FaceResult, PredictOptions, Predictor
+    from fkpbatch.engine import FaceResult, PredictOptions, Predictor, is_unsure
     from fkpbatch.transforms import Box
 
-    predictor = Predictor.__new__(Predictor)
-    predictor.options = PredictOptions()
-    assert predictor.unsure(0.83, 0.15) and predictor.unsure(0.856, 0.0)  # a painted face, the back of a head
-    assert not predictor.unsure(0.87, 0.0) and not predictor.unsure(0.83, 0.4) and not predictor.unsure(None, 0.0)
-    assert not predictor.unsure(0.83, None)  # regression models: no quality, no filtering
+    options = PredictOptions()
+    assert is_unsure(0.83, 0.15, options) and is_unsure(0.856, 0.0, options)  # a painted face, the back of a head
+    assert not is_unsure(0.87, 0.0, options) and not is_unsure(0.83, 0.4, options)
+    assert not is_unsure(None, 0.0, options) and not is_unsure(0.83, None, options)  # no score / no quality
 
     def face(size, score, quality):
         return FaceResult(Box(0, 0, size), score, np.zeros((15, 2)), quality)
 
     subject, painted, blurred = face(800, 0.9999, 0.42), face(390, 0.856, 0.0), face(154, 0.812, 0.026)
-    assert predictor.only_faces([subject, painted, blurred]) == [subject, blurred]
-    assert predictor.only_faces([painted]) == [painted]  # alone in its picture: kept
-    predictor.options = PredictOptions(unsure_score=0)
-    assert predictor.only_faces([subject, painted]) == [subject, painted]
+    assert Predictor.only_faces([subject, painted, blurred], options) == [subject, blurred]
+    assert Predictor.only_faces([painted], options) == [painted]  # alone in its picture: kept
+    assert Predictor.only_faces([subject, painted], PredictOptions(unsure_score=0)) == [subject, painted]

@@ -69,11 +69,13 @@ def test_summary_goes_to_stderr_and_counts_skipped_files(folder, tiny_weights):
     assert "images/s" not in result.stdout
 
 
-@pytest.mark.parametrize("suffix", ["json", "jsonl"])
-def test_json_and_jsonl_outputs_parse(folder, tiny_weights, tmp_path, suffix):
+@pytest.mark.parametrize("suffix, stdout", [("json", False), ("jsonl", False), ("json", True), ("jsonl", True)])
+def test_json_and_jsonl_outputs_parse(folder, tiny_weights, tmp_path, suffix, stdout):
     out = tmp_path / f"out.{suffix}"
-    assert invoke(folder, "-w", tiny_weights, "--workers", "0", "-o", out).exit_code == 0
-    text = out.read_text()
+    target = ["--format", suffix] if stdout else ["-o", out]
+    result = invoke(folder, "-w", tiny_weights, "--workers", "0", "-q", *target)
+    assert result.exit_code == 0
+    text = result.stdout if stdout else out.read_text()
     records = json.loads(text) if suffix == "json" else [json.loads(line) for line in text.splitlines()]
     assert [r["status"] for r in records] == ["ok", "error", "ok", "no_face"]
     face = records[0]["faces"][0]

@@ -459,7 +459,16 @@ def test_training_on_labels_that_are_all_missing_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "option",
-    [["--annotate", "ann"], ["--resume"], ["--shard", "0/2"], ["--strict"], ["--overwrite"], ["--workers", "2"]],
+    [
+        ["--annotate", "ann"],
+        ["--resume"],
+        ["--shard", "0/2"],
+        ["--strict"],
+        ["--overwrite"],
+        ["--workers", "2"],
+        ["--raw-names"],
+        ["--detect-on", "device"],
+    ],
 )
 def test_ray_refuses_what_it_does_not_implement(tmp_path, tiny_weights, option):
     folder = photos(tmp_path / "in", 1)
@@ -509,6 +518,7 @@ def test_merge_check_takes_the_shard_count_from_the_shards(tmp_path, tiny_weight
         (tmp_path / f"{out.name}.fkpbatch.json").unlink()
     result = runner.invoke(app, [*merge, str(tmp_path / "m2.csv"), *given])
     assert result.exit_code == 2 and "--shards" in result.output
+    assert not (tmp_path / "m2.csv").exists()  # refused before writing: the rerun with --shards N needs no --overwrite
     result = runner.invoke(app, [*merge, str(tmp_path / "m3.csv"), "--shards", "4", *given])
     assert result.exit_code == 1 and f"shard {lost}/4" in result.output
 
