@@ -441,6 +441,19 @@ def train(
     with _clean_errors():
         try:
             if resume is not None:
+                given = {
+                    "training CSVs": bool(data), "--recipe": recipe, "--arch": arch, "--points": points,
+                    "--batch-size": batch_size, "--lr": lr, "--val-split": val_split != 0.1, "--group-by": group_by,
+                    "--augment": augment, "--vflip": vflip, "--input-size": input_size, "--images": images,
+                    "--out": out, "--init": init, "--label-offset": label_offset, "--seed": seed != 0,
+                    "--strict": strict, "--overwrite": overwrite,
+                }  # fmt: skip
+                ignored = [name for name, value in given.items() if value not in (None, False, [])]
+                if ignored:  # a resumed run keeps its saved configuration: say so rather than ignore them
+                    raise FkpError(
+                        f"--resume continues {resume} with its saved configuration; {', '.join(ignored)} cannot "
+                        "change it (only --epochs, --device, --workers, -q and -v apply)"
+                    )
                 best = resume_training(resume, epochs=epochs, device=device.value, workers=workers, **common)
             else:
                 if not data:

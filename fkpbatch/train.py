@@ -519,10 +519,14 @@ def _fit(
                 f"{metrics['seconds']:.0f} s" + (" (best so far)" if improved else "")
             )
     except KeyboardInterrupt:
-        save_last(epoch)
-        log(
-            f"interrupted: saved {out_dir / 'last.pt'} after {epoch} epoch(s); continue with: fkpbatch train --resume {out_dir}"
-        )
+        # last.pt already holds the last finished epoch (saved at its end): the weights, optimizer and
+        # schedule of a half-done epoch are not saved, so --resume redoes that epoch exactly
+        if (out_dir / "last.pt").exists():
+            log(
+                f"interrupted: {out_dir / 'last.pt'} holds epoch {epoch}; continue with: fkpbatch train --resume {out_dir}"
+            )
+        else:
+            log("interrupted during the first epoch: nothing to resume; start the run again")
         raise
     finally:
         if board is not None:

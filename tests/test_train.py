@@ -92,6 +92,19 @@ def test_resume_continues_the_epoch_count(trained_run, tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 4
 
 
+def test_resume_refuses_options_it_would_ignore(trained_run, kaggle_csv):
+    """A resumed run keeps its saved configuration: options that would change it are refused, not ignored."""
+    before = (trained_run / "last.pt").read_bytes()
+    for extra in (["--lr", "1e-4"], ["--batch-size", "8"], [str(kaggle_csv)], ["--arch", "fkpnet"]):
+        result = runner.invoke(app, ["train", "--resume", str(trained_run), "--epochs", "5", *extra])
+        assert result.exit_code == 2, result.output
+        assert (
+            "saved configuration" in result.stderr
+            and (extra[0] if extra[0].startswith("-") else "CSV") in result.stderr
+        )
+    assert (trained_run / "last.pt").read_bytes() == before
+
+
 def test_init_fine_tunes_from_given_weights_and_refuses_a_foreign_model(trained_run, kaggle_csv, tmp_path):
     source = trained_run / "best.pt"
     run = tmp_path / "tuned"
