@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-benchmarks}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-.venv/bin/python}"  # the README set-up's environment
+[ -x "$PY" ] || PY=python
 DEVICE="${DEVICE:-cuda}"
 IMAGES="${IMAGES:-16000}"  # faces15 images (linked) per end-to-end run; a quarter more for the steady rate
 REPEATS="${REPEATS:-64}"   # each ~800-px photo linked this many times (56 photos: 3,584 images)

@@ -226,6 +226,18 @@ def bare_detector_rate(photos: list[Path], cap: int) -> dict:
     return {"images_per_s": round(len(photos) / seconds, 1), "seconds": round(seconds, 1), "faces": faces}
 
 
+def _machine(predictor: Predictor) -> dict:
+    """Where a figure was measured: cores, processor, versions, the load at the start, the device."""
+    return {
+        "cpu_cores": cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average": os.getloadavg(),
+        **_device_info(predictor),
+    }
+
+
 def _device_info(predictor: Predictor) -> dict:
     info = {"device": str(predictor.device), "detection_on_device": predictor.detects_on_device(PredictOptions())}
     if predictor.device.type == "cuda":
@@ -239,14 +251,7 @@ def photos_mode(args, weights: Path) -> dict:
         raise SystemExit(f"needs the shared photos at {source}")
     predictor = Predictor.load(weights, args.device)
     report = {
-        "machine": {
-            "cpu_cores": cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "load_average": os.getloadavg(),
-            **_device_info(predictor),
-        },
+        "machine": _machine(predictor),
         "workers": default_workers(),
         "repeats": args.repeats,
     }
@@ -340,13 +345,7 @@ def main() -> None:
     predictor = Predictor.load(args.weights, args.device)
     options = PredictOptions(detect="never")
     report = {
-        "machine": {
-            "cpu_cores": cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            **_device_info(predictor),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": _machine(predictor),
         "images": args.images,
         "workers": default_workers(),
         "batch_size": options.batch_size,
