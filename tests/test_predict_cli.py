@@ -130,8 +130,12 @@ def test_corrupt_or_foreign_weights_exit_2_with_one_line(folder, tmp_path):
     import torch
 
     torch.save({"state_dict": {}}, foreign)
+    text = tmp_path / "notes.pt"
+    text.write_text("a,b\n")  # torch's unpickler fails on it with an IndexError
     for weights, message in [
         (corrupt, "is not a readable PyTorch checkpoint"),
+        (text, "is not a readable PyTorch checkpoint"),
+        (REPO / "examples" / "couple.jpg", "is not a readable PyTorch checkpoint"),
         (foreign, "was not written by fkpbatch train"),
     ]:
         result = invoke(folder, "-w", weights)
