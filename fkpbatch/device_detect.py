@@ -22,13 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from .checkpoint import ModelSpec
 from .decode import load_reduced
 from .detect import Decode, FaceDetector, Pass, Prepared, make_canvas
-from .discover import InputFile
-from .engine import FaceCropper, InMemoryImage
+from .engine import FaceCropper, ImageSource
 from .options import PredictOptions
 from .results import CropRecord
 
@@ -48,14 +46,9 @@ class FrameRecord(CropRecord):
     """The first pass's input (its ``pixels`` travel on the batch's canvas)."""
 
 
-class FrameSource(Dataset):
-    """The input files as a Dataset of first-pass detector inputs and grayscale pictures."""
-
-    def __init__(self, files: list[InputFile | InMemoryImage], spec: ModelSpec, options: PredictOptions):
-        self.files, self.cropper = files, FaceCropper(spec, options)
-
-    def __len__(self) -> int:
-        return len(self.files)
+class FrameSource(ImageSource):
+    """The input files as a Dataset of first-pass detector inputs and grayscale pictures (the
+    workers' side of the device path: no detection, no crops)."""
 
     def __getitem__(self, index: int) -> FrameRecord:
         record = self.cropper.guarded(self.files[index], self._frame, FrameRecord(crops=self.cropper.no_crops()))
