@@ -4,8 +4,8 @@
 # 1. the GPU tests (pytest -m gpu: predict --device cuda end to end, detection on the GPU against
 #    the CPU rows, the CUDA detector against the CPU one);
 # 2. the throughput benchmark on the GPU (benchmarks/throughput.py --device cuda): faces15 images as
-#    crops with --detect never, then as photos with detection (on the GPU: --detect-on auto), and
-#    with --detect-on workers for comparison (targets on one H100: >= 3,000 and >= 1,000 images/s);
+#    crops with --detect never, then as photos with detection (in the CPU workers: --detect-on auto),
+#    and with --detect-on device (the detector on the GPU) for comparison (targets on one H100: >= 3,000 and >= 1,000 images/s);
 #    then ~800-px photos (target >= 300 images/s), likewise;
 # 3. everything into OUT_DIR/gpu_check.json (default benchmarks/), with a pass/fail per target.
 # Dry run on a CPU machine (checks that every command exists and parses; the numbers mean nothing):
@@ -27,11 +27,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 # time limits: 100 + 220 + 150 s at most, so the whole check ends within 8 minutes
 timeout -k 5 100 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider -rs > "$OUT/gpu_tests.txt" 2>&1 \
     && tests=passed || tests="failed (exit $?)"
-timeout -k 5 220 "$PY" benchmarks/throughput.py --device "$DEVICE" --images "$IMAGES" --compare-workers \
+timeout -k 5 220 "$PY" benchmarks/throughput.py --device "$DEVICE" --images "$IMAGES" --compare-device \
     --data "$FKPBATCH_DATA" --json "$OUT/gpu_throughput.json" > "$OUT/gpu_throughput.log" 2>&1 \
     || echo "faces15 benchmark failed: see $OUT/gpu_throughput.log" >&2
 timeout -k 5 150 "$PY" benchmarks/throughput.py --photos --sets photos_800 --device "$DEVICE" --repeats "$REPEATS" \
-    --bare-repeats 2 --skip-passes-two --compare-workers $LIMIT --data "$FKPBATCH_DATA" \
+    --bare-repeats 2 --skip-passes-two --compare-device $LIMIT --data "$FKPBATCH_DATA" \
     --json "$OUT/gpu_throughput_photos.json" > "$OUT/gpu_photos.log" 2>&1 \
     || echo "photos benchmark failed: see $OUT/gpu_photos.log" >&2
 "$PY" - "$OUT" "$tests" "$(( $(date +%s) - started ))" <<'PY'
@@ -63,7 +63,7 @@ measured = {
     # name: (the benchmark report's key, the images/s target)
     "faces15_detect_never": ("end_to_end_detect_never", 3000),
     "faces15_detect_auto": ("end_to_end_detect_auto", 1000),
-    "faces15_detect_on_workers": ("end_to_end_detect_auto_on_workers", None),
+    "faces15_detect_on_device": ("end_to_end_detect_auto_on_device", None),
 }
 for name, (key, target) in measured.items():
     summary[name] = {
@@ -71,7 +71,7 @@ for name, (key, target) in measured.items():
         "steady_images_per_s": rate(faces, key, "steady_images_per_s"),
         "target": target,
     }
-for name, key, target in (("photos_800", "predict", 300), ("photos_800_detect_on_workers", "predict_detect_on_workers", None)):
+for name, key, target in (("photos_800", "predict", 300), ("photos_800_detect_on_device", "predict_detect_on_device", None)):
     summary[name] = {
         "images_per_s": rate(photos, "photos_800", key, "images_per_s"),
         "steady_images_per_s": rate(photos, "photos_800", key, "steady_images_per_s"),

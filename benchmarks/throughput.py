@@ -10,9 +10,9 @@ steady rate from a second run on N/4 images, i.e. without the fixed start-up), p
 (PSS) of the whole process tree. Inputs are faces15 photos (../shared/data), linked N times under
 new names. The ONNX graph cache is warm (as from a user's second run on).
 
-``--device`` (default auto) is passed to every run; on a CUDA GPU `fkpbatch predict` detects faces
-on the GPU (``--detect-on auto``), and ``--compare-workers`` adds end-to-end runs with
-``--detect-on workers`` (onnxruntime in the CPU workers) for comparison. ``--images 40 --device cpu``
+``--device`` (default auto) is passed to every run; `fkpbatch predict` detects faces in the CPU
+workers (``--detect-on auto``), and ``--compare-device`` adds end-to-end runs with
+``--detect-on device`` (the detector batched on --device, e.g. the GPU) for comparison. ``--images 40 --device cpu``
 or ``--photos --limit 3 --repeats 4`` make a quick dry run.
 
 ``--photos``: real photos instead. Two sets: the shared photos as they are (up to 4352x2903), and
@@ -274,8 +274,8 @@ def photos_mode(args, weights: Path) -> dict:
             runs = [("predict", [])]
             if not args.skip_passes_two:
                 runs.append(("predict_passes_two", ["--passes", "two"]))
-            if args.compare_workers:
-                runs.append(("predict_detect_on_workers", ["--detect-on", "workers"]))
+            if args.compare_device:
+                runs.append(("predict_detect_on_device", ["--detect-on", "device"]))
             for label, extra in runs:
                 runs = end_to_end(
                     folder, quarter, count, weights, extra, quarter_count=len(photos) * max(1, args.repeats // 4)
@@ -312,9 +312,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="--photos: each photo is linked this many times")
     parser.add_argument("--device", default="auto", help="--device of the model and of every predict run")
     parser.add_argument(
-        "--compare-workers",
+        "--compare-device",
         action="store_true",
-        help="also run predict with --detect-on workers (detection in the CPU workers; the CPU default)",
+        help="also run predict with --detect-on device (the detector batched on --device)",
     )
     parser.add_argument("--limit", type=int, help="--photos: only the first N shared photos (a quick dry run)")
     parser.add_argument(
@@ -381,13 +381,13 @@ def main() -> None:
             report["ratio_auto_vs_detect_stage"] = round(
                 report["end_to_end_detect_auto"]["images_per_s"] / report["decode_detect_crop_only"], 3
             )
-            # the workers of the device-detection path (the GPU default): decode + first-pass input only
+            # the workers of the device-detection path: decode + first-pass input only
             report["decode_prepare_only"] = round(
                 pipeline_rate(predictor, folder, PredictOptions(detect="auto"), frames=True), 1
             )
-            if args.compare_workers:
-                report["end_to_end_detect_auto_on_workers"] = end_to_end(
-                    folder, quarter, args.images, args.weights, ["--detect-on", "workers"]
+            if args.compare_device:
+                report["end_to_end_detect_auto_on_device"] = end_to_end(
+                    folder, quarter, args.images, args.weights, ["--detect-on", "device"]
                 )
         for tool in ("dlib", "mediapipe") if args.baselines else ():
             report[f"baseline_{tool}"] = baseline(args.baselines, tool, folder, args.images)

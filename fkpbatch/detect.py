@@ -300,12 +300,11 @@ class FaceDetector:
 
     def run_canvas(self, canvas, sizes) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Boxes, scores and points (in each image's pixels) of the images on a :func:`make_canvas`
-        canvas: one call of the PyTorch port on ``self.device`` (fp16 autocast on CUDA), each image
+        canvas: one call of the PyTorch port on ``self.device`` in fp32 (fp16 moved scores across the
+        threshold: a face found on the CPU was missed on the GPU), each image
         searched exactly as alone (the network masks the padding after every layer), scores
         thresholded on the device so that only the candidates travel back."""
         import torch
-
-        from .runtime import autocast
 
         device = torch.device(self.device)
         n, height, width, _ = canvas.shape
@@ -315,8 +314,7 @@ class FaceDetector:
             mean = torch.from_numpy(_MEAN_BGR).to(device).view(1, 3, 1, 1)
             x = (x.float() - mean).contiguous(memory_format=torch.channels_last)
             on_device = sizes.to(device)
-            with autocast(device):
-                loc, conf, landms = self.network()(x, sizes=on_device)
+            loc, conf, landms = self.network()(x, sizes=on_device)
             rows, cols, strides = (torch.from_numpy(a).to(device) for a in _anchor_cells(height, width))
             extent = (on_device[:, None, :] + strides[None, :, None] - 1) // strides[None, :, None]  # (N, A, 2)
             inside = (rows[None] < extent[..., 0]) & (cols[None] < extent[..., 1])

@@ -75,9 +75,10 @@ class Detect(Choice):
 
 
 class DetectOn(Choice):
-    """``--detect-on``: where faces are detected. auto: on the model's device when it is a CUDA GPU,
-    in the workers otherwise; workers (onnxruntime on the CPU, one image at a time); device (the
-    PyTorch port of the detector on --device, whole batches at once; the workers only decode)."""
+    """``--detect-on``: where faces are detected. auto = workers (onnxruntime on the CPU, one image at
+    a time; on an H200 with 16 cores 2.9x faster end to end than the GPU path on ~200-px photos);
+    device (the PyTorch port of the detector on --device, whole batches at once; the workers only
+    decode: for machines with few cores per GPU)."""
 
     auto = "auto"
     workers = "workers"

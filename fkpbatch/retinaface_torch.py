@@ -4,7 +4,7 @@ The network is biubug6's ``cfg_mnet`` RetinaFace with every batch norm folded in
 (as the ONNX export has it): a MobileNetV1-0.25 body (stages of 1/8, 1/16 and 1/32 scale), an FPN,
 one SSH block per level and 1x1 heads for scores, boxes and five landmarks. Its outputs equal the
 ONNX graph's (``loc``, ``conf`` after softmax, ``landmarks``), so the priors and decoding of
-:mod:`fkpbatch.detect` serve both; it runs batched, on any device, in fp32 or under autocast.
+:mod:`fkpbatch.detect` serve both; it runs batched, on any device (fkpbatch runs it in fp32).
 
 Batches of different sizes share a canvas (``forward(x, sizes=...)``): each image sits top-left and
 every layer's output is zeroed outside the image's extent at that scale, which is what the network's

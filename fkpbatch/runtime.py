@@ -44,7 +44,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device):
-    """fp16 autocast on CUDA; a no-op elsewhere (CPU autocast is slower for these small convnets)."""
+    """fp16 autocast on CUDA for training; a no-op elsewhere (CPU autocast is slower for these small
+    convnets). Prediction stays in fp32 so that a GPU gives the CPU's faces and keypoints."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()

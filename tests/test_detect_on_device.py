@@ -1,4 +1,4 @@
-"""Detection on the model's device (``--detect-on device``, the default on a CUDA GPU) gives the rows
+"""Detection on the model's device (``--detect-on device``) gives the rows
 of the workers' path: forced on the CPU here; on a GPU by the tests marked ``gpu``."""
 
 import shutil
@@ -86,6 +86,20 @@ def test_device_detection_gives_the_workers_rows_on_the_examples(predictor, tmp_
     assert {r.status for r in a} == {"ok", "no_face", "error"}
     assert any(f.score is None for r in a for f in r.faces)  # the crop fallback is exercised
     assert_same_rows(a, b)
+
+
+def test_workers_started_by_forkserver_give_the_same_rows(predictor, tmp_path, monkeypatch):
+    """On CUDA the workers start from a forkserver: both sources and their batches must pickle."""
+    from fkpbatch import engine
+
+    assert engine.worker_start_method(torch.device("cuda")) == "forkserver"
+    assert engine.worker_start_method(torch.device("cpu")) is None
+    folder = _mixed_folder(tmp_path / "in")
+    forked = _both(predictor, [folder], workers=2)
+    monkeypatch.setattr(engine, "worker_start_method", lambda device: "forkserver")
+    started = _both(predictor, [folder], workers=2)
+    for a, b in zip(forked, started):
+        assert_same_rows(a, b)
 
 
 def test_device_detection_gives_the_workers_rows_on_shared_photos(predictor):
@@ -214,14 +228,15 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 @pytest.mark.gpu
 @cuda
-def test_cuda_predict_detects_on_the_gpu_and_matches_the_cpu_rows():
+def test_cuda_predict_gives_the_cpu_rows_with_either_detection():
     cpu, gpu = Predictor.load(device="cpu"), Predictor.load(device="cuda")
-    assert gpu.detects_on_device(PredictOptions()) and gpu.onnx is None
+    assert not gpu.detects_on_device(PredictOptions()) and gpu.onnx is None
     inputs = list(EXAMPLES) + [need_data("photos", name) for name in PHOTOS]
     a = list(cpu.predict_paths(inputs, PredictOptions(workers=2)))
-    b = list(gpu.predict_paths(inputs, PredictOptions(workers=2)))
-    # fp16 on the GPU (detector and keypoint model): the same faces, boxes within a pixel
-    assert_same_rows(a, b, box_px=1.0, score=0.01, keypoint_px=1.5)
+    for detect_on in ("auto", "device"):
+        b = list(gpu.predict_paths(inputs, PredictOptions(workers=2, detect_on=detect_on)))
+        # fp32 with TF32 convolutions on the GPU: the same faces, boxes within a pixel
+        assert_same_rows(a, b, box_px=1.0, score=0.01, keypoint_px=1.5)
 
 
 @pytest.mark.gpu

@@ -105,3 +105,16 @@ def fkpnet(num_keypoints: int = 15, **kwargs) -> nn.Module:
 def fkpnet_tiny(num_keypoints: int = 15, **kwargs) -> nn.Module:
     """A quarter-width fkpnet for tests and quick experiments."""
     return FkpNet(num_keypoints=num_keypoints, widths=(8, 8, 16, 16), decoder=(16, 8), blocks=1, **kwargs)
+
+
+@register_model
+def fkpnet_small(num_keypoints: int = 15, **kwargs) -> nn.Module:
+    """Two-thirds width (16/32/64/128): under half the multiply-adds of fkpnet, for the fast model."""
+    return FkpNet(num_keypoints=num_keypoints, widths=(16, 32, 64, 128), decoder=(48, 32), **kwargs)
+
+
+@register_model
+def fkpnet_wide(num_keypoints: int = 15, **kwargs) -> nn.Module:
+    """4/3 width (32/64/128/256) with a wider decoder: about 1.9x fkpnet's multiply-adds, for the
+    accurate model (the 0.2.0 fkpnet still under-fitted its training faces)."""
+    return FkpNet(num_keypoints=num_keypoints, widths=(32, 64, 128, 256), decoder=(96, 64), **kwargs)
