@@ -21,23 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-KAGGLE_POINTS = (
-    "left_eye_center",
-    "right_eye_center",
-    "left_eye_inner_corner",
-    "left_eye_outer_corner",
-    "right_eye_inner_corner",
-    "right_eye_outer_corner",
-    "left_eyebrow_inner_end",
-    "left_eyebrow_outer_end",
-    "right_eyebrow_inner_end",
-    "right_eyebrow_outer_end",
-    "nose_tip",
-    "mouth_left_corner",
-    "mouth_right_corner",
-    "mouth_center_top_lip",
-    "mouth_center_bottom_lip",
-)  # fkpbatch.keypoints.KAGGLE_POINTS, repeated so this script runs without torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the baseline's Python lacks fkpbatch
+from fkpbatch.keypoints import KAGGLE_POINTS  # noqa: E402  (names only: imports no torch)
+
 # The 15 Kaggle points as means of source-point indices. iBUG 68: exactly how faces15 and helen_train
 # derive their Kaggle columns. Face mesh: the nearest mesh vertices (an approximate convention).
 FROM_IBUG = (

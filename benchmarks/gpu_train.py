@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a lent machine runs the checkout without installing it
 GROUP = "^(?!image_)(.+)_[^_]+$"
 # name, architecture, input size: the accurate candidate and two fast ones
 RUNS = (("accurate", "fkpnet_wide", 128), ("fast96", "fkpnet_small", 96), ("fast112", "fkpnet_small", 112))

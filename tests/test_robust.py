@@ -234,6 +234,22 @@ def test_onnx_cache_never_uses_a_swapped_stale_or_linked_entry(tmp_path, monkeyp
 # --- 6. discovery never hangs, never hides ---------------------------------------------------------
 
 
+def _in_process_predict(weights, out, *inputs_and_options):
+    """``predict`` arguments for the in-process runner: whole images as faces, no workers."""
+    return [
+        "predict",
+        *map(str, inputs_and_options),
+        "-w",
+        str(weights),
+        "--workers",
+        "0",
+        "--detect",
+        "never",
+        "-o",
+        str(out),
+    ]
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_fifos_are_skipped_and_counted_never_opened(tmp_path, tiny_weights):
     folder = photos(tmp_path / "in", 2)
@@ -276,22 +292,7 @@ def test_unreadable_folders_are_error_rows_and_fail_strict(tmp_path, tiny_weight
 
     monkeypatch.setattr(os, "scandir", scandir)
     out = tmp_path / "out.csv"
-    result = runner.invoke(
-        app,
-        [
-            "predict",
-            str(folder),
-            "-w",
-            str(tiny_weights),
-            "--workers",
-            "0",
-            "--detect",
-            "never",
-            "-o",
-            str(out),
-            "--strict",
-        ],
-    )
+    result = runner.invoke(app, _in_process_predict(tiny_weights, out, folder, "--strict"))
     assert result.exit_code == 1, result.output
     rows = pd.read_csv(out, keep_default_na=False).set_index("image")
     assert rows.loc[str(locked), "status"] == "error" and "cannot read folder" in rows.loc[str(locked), "error"]
@@ -303,22 +304,7 @@ def test_an_explicit_symlink_loop_is_one_error_row(tmp_path, tiny_weights):
     loop = tmp_path / "loop.jpg"
     loop.symlink_to(loop)
     out = tmp_path / "out.csv"
-    result = runner.invoke(
-        app,
-        [
-            "predict",
-            str(folder),
-            str(loop),
-            "-w",
-            str(tiny_weights),
-            "--workers",
-            "0",
-            "--detect",
-            "never",
-            "-o",
-            str(out),
-        ],
-    )
+    result = runner.invoke(app, _in_process_predict(tiny_weights, out, folder, loop))
     assert result.exit_code == 0 and "Traceback" not in result.output
     rows = pd.read_csv(out, keep_default_na=False).set_index("image")
     assert rows.loc[str(loop), "status"] == "error" and "loop" in rows.loc[str(loop), "error"]
