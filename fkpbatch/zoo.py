@@ -32,15 +32,15 @@ class ShippedModel:
 SHIPPED_MODELS: dict[str, ShippedModel] = {
     m.name: m
     for m in (
-        ShippedModel("fast", "fkpnet68.pt", 96, "623-637", 3.79, 4.08, "fkpnet, 15 + 68 points; the default"),
+        ShippedModel("fast", "fkpnet68.pt", 96, "1081-1383", 3.77, 4.04, "fkpnet_small, 15 + 68 points; the default"),
         ShippedModel(
             "accurate",
             "fkpnet68_128.pt",
             128,
-            "375-398",
-            3.68,
-            3.84,
-            "fkpnet at 128 px, 15 + 68 points; the most accurate",
+            "214-220",
+            3.60,
+            3.61,
+            "fkpnet_wide at 128 px, 15 + 68 points; the most accurate",
         ),
     )
 }

@@ -32,9 +32,10 @@ PHOTOS = [
 ]
 # Boxes and scores come from the same network in both paths (onnxruntime's graph and its PyTorch
 # port agree within 1e-4 px). Keypoints are measured on 8-bit crops: a box 1e-4 px away can move
-# one crop pixel to the next grey level, which moves a keypoint by up to a few hundredths of a pixel
-# (0.05 px the most seen over the 61 shared photos, the median 0.001 px).
-BOX_PX, SCORE, KEYPOINT_PX = 1e-3, 1e-4, 0.1
+# one crop pixel to the next grey level, which moves a keypoint by a few hundredths of a crop pixel
+# (0.02 of one, 0.17 px on an 832-px face, the most seen with the 0.3.0 `fast` model): keypoints
+# must agree within 0.05 % of the face box (a twentieth of a crop pixel at 96 px).
+BOX_PX, SCORE, KEYPOINT_OF_BOX = 1e-3, 1e-4, 5e-4
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def _mixed_folder(root):
     return root
 
 
-def assert_same_rows(a, b, box_px=BOX_PX, score=SCORE, keypoint_px=KEYPOINT_PX):
+def assert_same_rows(a, b, box_px=BOX_PX, score=SCORE, keypoint_of_box=KEYPOINT_OF_BOX):
     assert [(r.image, r.status, r.error, r.width, r.height, len(r.faces)) for r in a] == [
         (r.image, r.status, r.error, r.width, r.height, len(r.faces)) for r in b
     ]
@@ -63,7 +64,7 @@ def assert_same_rows(a, b, box_px=BOX_PX, score=SCORE, keypoint_px=KEYPOINT_PX):
             assert (f.score is None) == (g.score is None), x.image
             if f.score is not None:
                 assert abs(f.score - g.score) < score, x.image
-            assert np.abs(f.keypoints - g.keypoints).max() < keypoint_px, x.image
+            assert np.abs(f.keypoints - g.keypoints).max() < keypoint_of_box * f.box.size, x.image
             assert (f.quality is None) == (g.quality is None)
             if f.quality is not None:
                 assert abs(f.quality - g.quality) < 0.01, x.image
@@ -236,7 +237,7 @@ def test_cuda_predict_gives_the_cpu_rows_with_either_detection():
     for detect_on in ("auto", "device"):
         b = list(gpu.predict_paths(inputs, PredictOptions(workers=2, detect_on=detect_on)))
         # fp32 with TF32 convolutions on the GPU: the same faces, boxes within a pixel
-        assert_same_rows(a, b, box_px=1.0, score=0.01, keypoint_px=1.5)
+        assert_same_rows(a, b, box_px=1.0, score=0.01, keypoint_of_box=0.01)
 
 
 @pytest.mark.gpu

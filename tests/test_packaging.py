@@ -77,7 +77,7 @@ def test_model_by_name_selects_the_shipped_file_and_excludes_weights(tiny_weight
     image = REPO / "examples" / "Celso_Lafer_12.jpg"
     result = runner.invoke(app, ["predict", str(image), "--model", "accurate", "--workers", "0", "-v"])
     assert result.exit_code == 0, result.output
-    assert "fkpnet68_128.pt (fkpnet, 83 points, 128 px)" in result.stderr
+    assert "fkpnet68_128.pt (fkpnet_wide, 83 points, 128 px)" in result.stderr
     both = runner.invoke(app, ["predict", str(image), "--model", "fast", "-w", str(tiny_weights)])
     assert both.exit_code == 2 and "not both" in both.stderr
     commands = (["evaluate", str(image)], ["export", "--onnx", "x.onnx"], ["submission", "t.csv", "--lookup", "l.csv"])
