@@ -2,6 +2,7 @@
 tests and a short GPU throughput benchmark: one prepared command for a lent machine.
 
     python3 benchmarks/gpu_train.py OUT_DIR [--train-seconds 350] [--data .gpudata]
+    python3 benchmarks/gpu_train.py OUT_DIR --run accurate:fkpnet_wide:128:weights/fkpnet68_128.pt:5e-4
 
 Each run is calibrated first (2 epochs of every run at once, timed by when each epoch's metrics
 line appears), then trained from scratch with the number of epochs that fits the time left, so
@@ -27,28 +28,39 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a lent machine runs the checkout without installing it
 GROUP = "^(?!image_)(.+)_[^_]+$"
-# name, architecture, input size: the accurate candidate and two fast ones
-RUNS = (("accurate", "fkpnet_wide", 128), ("fast96", "fkpnet_small", 96), ("fast112", "fkpnet_small", 112))
+# NAME:ARCH:SIZE[:INIT[:LR]] per run (--run): 0.3.0's accurate candidate and two fast ones, from scratch
+RUNS = ("accurate:fkpnet_wide:128", "fast96:fkpnet_small:96", "fast112:fkpnet_small:112")
 
 
-def command(data: Path, folder: Path, arch: str, size: int, epochs: int, args) -> list[str]:
+def parse_run(text: str) -> tuple[str, str, int, str | None, str | None]:
+    """'NAME:ARCH:SIZE[:INIT[:LR]]' -> (name, arch, size, init or None, lr or None); INIT is a
+    checkpoint (e.g. weights/fkpnet68_128.pt, to continue a shipped model) or empty."""
+    name, arch, size, *rest = text.split(":")
+    init, lr = (rest + ["", ""])[:2]
+    return name, arch, int(size), init or None, lr or None
+
+
+def command(data: Path, folder: Path, run: tuple, epochs: int, args) -> list[str]:
     csvs = [str(data / name / "keypoints.csv") for name in ("faces15", "helen_train", "lfpw_train")]
     offsets = ["--label-offset", "1,1", "--label-offset", "0,0", "--label-offset", "0,0"]
+    _, arch, size, init, lr = run
+    start = (["--init", init] if init else []) + (["--lr", lr] if lr else [])
     return [
         sys.executable, "-m", "fkpbatch", "train", *csvs, "--points", "68", "--group-by", GROUP, *offsets,
         "--arch", arch, "--input-size", str(size), "--epochs", str(epochs), "--workers", str(args.workers),
-        "--device", args.device, "-o", str(folder), "--overwrite",
+        "--device", args.device, "-o", str(folder), "--overwrite", *start,
     ]  # fmt: skip
 
 
 def launch(runs, epochs: dict, root: Path, args) -> dict:
     """Start every run; returns name -> (process, its folder, its log file)."""
     started = {}
-    for name, arch, size in runs:
+    for run in runs:
+        name = run[0]
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         log = open(root / f"{name}.log", "w")
-        argv = command(args.data, folder, arch, size, epochs[name], args)
+        argv = command(args.data, folder, run, epochs[name], args)
         log.write(shlex.join(argv) + "\n")
         log.flush()
         started[name] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), folder, log)
@@ -66,13 +78,15 @@ def watch(started: dict, deadline: float) -> dict:
     """Wait for every run; note when each epoch ended; Ctrl-C a run still going at ``deadline``
     (it keeps its last finished epoch). Returns name -> list of epoch end times."""
     ends = {name: [] for name in started}
+    stopped = set()
     while any(p.poll() is None for p, _, _ in started.values()):
         now = time.time()
         for name, (process, folder, _) in started.items():
             while epochs_done(folder) > len(ends[name]):
                 ends[name].append(now)
-            if process.poll() is None and now > deadline:
-                process.send_signal(signal.SIGINT)
+            if process.poll() is None and now > deadline and name not in stopped:
+                process.send_signal(signal.SIGINT)  # once: a second Ctrl-C would cut its saving short
+                stopped.add(name)
         time.sleep(0.2)
     for name, (_, folder, log) in started.items():
         log.close()
@@ -109,11 +123,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/fkpbatch_gpu_runs"))
     parser.add_argument("--check-seconds", type=int, default=90, help="limit for the GPU tests and for the benchmark")
-    parser.add_argument("--only", nargs="*", help="run these names only")
+    parser.add_argument(
+        "--run", action="append", help="NAME:ARCH:SIZE[:INIT[:LR]], once per run (default: 0.3.0's three candidates)"
+    )
     args = parser.parse_args()
     args.data = args.data.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = [r for r in RUNS if not args.only or r[0] in args.only]
+    runs = [parse_run(text) for text in args.run or RUNS]
     begin = time.time()
     deadline = begin + args.train_seconds
     summary: dict = {"device": args.device}
@@ -127,12 +143,12 @@ def main() -> None:
     print(json.dumps(summary), flush=True)
 
     # 1. calibration: 2 epochs of every run at once (they share the GPU and the cores later too)
-    calibration = launch(runs, {name: 2 for name, _, _ in runs}, args.runs_dir / "calibration", args)
+    calibration = launch(runs, {run[0]: 2 for run in runs}, args.runs_dir / "calibration", args)
     started = time.time()
     ends = watch(calibration, deadline)
     plan = {}
     now = time.time()
-    for name, _, _ in runs:
+    for name, *_ in runs:
         if len(ends[name]) < 2:
             print(f"{name}: calibration failed, see its log", flush=True)
             continue
@@ -148,13 +164,14 @@ def main() -> None:
     train_started = time.time()
     ends = watch(training, deadline + 45)
     commands = []
-    for name, arch, size in chosen:
+    for run in chosen:
+        name = run[0]
         try:
             summary[name] = export(name, args.runs_dir / name, args.out)
         except Exception as exc:  # noqa: BLE001
             summary[name] = {"error": repr(exc)}
         summary[name]["seconds"] = round((ends[name] or [time.time()])[-1] - train_started, 1)
-        commands.append(shlex.join(command(Path("DATA"), Path(f"runs/{name}"), arch, size, plan[name], args)))
+        commands.append(shlex.join(command(Path("DATA"), Path(f"runs/{name}"), run, plan[name], args)))
     (args.out / "commands.txt").write_text("\n".join(commands) + "\n")
     print(json.dumps({k: summary[k] for k in plan}), flush=True)
 

@@ -1,6 +1,6 @@
 """Pack the labelled training sets into a small folder for a GPU machine (its working tree may
 carry at most 64 MiB): each face is cut to the region training can reach (its framing box times
-``--margin``, which covers jitter, rotation and scale), shrunk so that the box is at most
+``--margin``, which covers the framing jitter; rotation and scale act on the crop), shrunk so that the box is at most
 ``--box`` pixels, and stored as a grayscale JPEG (the models read grayscale) under ``images/``. Names and columns
 stay as they are, so ``--group-by`` gives the same split; coordinates follow the cut and scale.
 
@@ -61,9 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", nargs="+", type=Path, help="folders with keypoints.csv")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--box", type=float, default=176.0, help="largest framing box kept, pixels")
-    parser.add_argument("--margin", type=float, default=1.9, help="region kept around the box, times its size")
-    parser.add_argument("--quality", type=int, default=92, help="JPEG quality")
+    parser.add_argument("--box", type=float, default=160.0, help="largest framing box kept, pixels")
+    parser.add_argument("--margin", type=float, default=1.5, help="region kept around the box, times its size")
+    parser.add_argument("--quality", type=int, default=82, help="JPEG quality")
     args = parser.parse_args()
     for source in args.sources:
         count = pack(source, args.out, box_limit=args.box, margin=args.margin, quality=args.quality)

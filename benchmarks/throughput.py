@@ -42,7 +42,15 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fkpbatch, installed or not
 
 from fkpbatch.discover import discover
-from fkpbatch.engine import DEFAULT_WEIGHTS, ImageSource, PredictOptions, Predictor, _worker_init, collate_images
+from fkpbatch.engine import (
+    DEFAULT_WEIGHTS,
+    ImageSource,
+    PredictOptions,
+    Predictor,
+    _worker_init,
+    collate_images,
+    worker_start_method,
+)
 from fkpbatch.runtime import cpu_count, default_workers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +77,7 @@ def pipeline_rate(predictor: Predictor, folder: Path, options: PredictOptions, f
         num_workers=options.workers,
         collate_fn=collate_frames if frames else collate_images,
         worker_init_fn=_worker_init,
+        multiprocessing_context=worker_start_method(predictor.device) if options.workers else None,
         prefetch_factor=4 if options.workers else None,
     )
     started = time.perf_counter()

@@ -24,7 +24,7 @@ from .results import FaceResult, ImageResult
 LEFT, RIGHT, CENTRE, BOX = (230, 40, 40), (40, 200, 40), (255, 210, 0), (0, 160, 255)
 _SAVE_AS_IS = {".jpg", ".jpeg", ".png"}
 DOUBTFUL, LABEL_TEXT = (220, 30, 30), (255, 255, 255)
-# Faces scoring under this are labelled in red: the shipped models score clear faces 0.33-0.48 and
+# Faces scoring under this are labelled in red: the shipped models score clear faces 0.36-0.58 and
 # junk (a hand, a mask, a face seen from behind) under 0.05 (README, Output schema: quality).
 DOUBTFUL_QUALITY = 0.3
 SHEET_NAME = "index.html"

@@ -374,7 +374,7 @@ def train(
     recipe: Annotated[
         Optional[Recipe],
         typer.Option(
-            help="seed = the Kaggle notebook's (seed net, MSE, Adam 1e-3, flip+brightness); fkpnet = the shipped model's. "
+            help="seed = the Kaggle notebook's (seed net, MSE, Adam 1e-3, flip+brightness); fkpnet = the shipped models' (heatmap net, L1, cosine, strong augmentation). "
             "Default: seed for Kaggle CSVs, fkpnet otherwise."
         ),
     ] = None,
@@ -410,7 +410,7 @@ def train(
     init: Annotated[
         Optional[Path],
         typer.Option(
-            help="Fine-tune: start from these weights (a file, or a shipped model: fast, accurate) instead of random ones; same --arch and --points, any --input-size."
+            help="Fine-tune: start from these weights (a file, or a shipped model: fast, accurate) instead of random ones; its architecture, points and input size apply unless you give --arch, --points or --input-size."
         ),
     ] = None,
     label_offset: Annotated[

@@ -1,4 +1,4 @@
-"""Face detection on the model's device (``--detect-on device``, the default on a CUDA GPU).
+"""Face detection on the model's device (``--detect-on device``; the default detects in the workers).
 
 DataLoader workers decode each image (reduced JPEG decoding, as on the workers' path), prepare the
 detector's first pass as uint8 pixels and make the grayscale copy faces are cropped from; their

@@ -1,11 +1,12 @@
 """The inference engine: DataLoader workers decode, detect and crop; the main process batches the
 crops through the keypoint model and maps keypoints back to original pixels. Streaming, so memory
-does not grow with the number of images. With ``detect_on="device"`` (the default on a CUDA GPU) the
+does not grow with the number of images. With ``detect_on="device"`` (opt-in) the
 workers only decode and the main process detects whole batches on the device
 (:mod:`fkpbatch.device_detect`), following the same face policy (:meth:`FaceCropper.search`)."""
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -400,6 +401,11 @@ class Predictor:
             prefetch_factor=(2 if search else 4) if options.workers else None,
             persistent_workers=False,
         )
+        if options.workers:
+            # Unreachable objects are destroyed here, not in a forked worker: an onnxruntime session
+            # of an earlier predictor torn down by a worker's garbage collector hung that worker
+            # (its thread pool's locks were copied mid-use); likely also the SIGSEGV seen on a GPU.
+            gc.collect()
         batches = iter(loader)
         try:
             while True:

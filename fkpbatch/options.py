@@ -76,7 +76,8 @@ class Detect(Choice):
 
 class DetectOn(Choice):
     """``--detect-on``: where faces are detected. auto = workers (onnxruntime on the CPU, one image at
-    a time; on an H200 with 16 cores 2.9x faster end to end than the GPU path on ~200-px photos);
+    a time; on an H200 with 16 cores 2.9x faster end to end than the GPU path on ~200-px photos, as
+    measured with 0.2.0's fp16 code);
     device (the PyTorch port of the detector on --device, whole batches at once; the workers only
     decode: for machines with few cores per GPU)."""
 
@@ -148,7 +149,7 @@ Model.__doc__ = "``--model``: a shipped model by name (see ``fkpbatch models`` a
 
 
 class Recipe(Choice):
-    """``train --recipe``: seed (the Kaggle notebook's) or fkpnet (the shipped model's)."""
+    """``train --recipe``: seed (the Kaggle notebook's) or fkpnet (the shipped models')."""
 
     seed = "seed"
     fkpnet = "fkpnet"

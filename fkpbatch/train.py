@@ -20,9 +20,9 @@ from .augment import TrainAugment
 from .checkpoint import ModelSpec, load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig
 from .datasets import FaceDataset, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
-from .errors import DataError, TrainingDiverged, UsageError
+from .errors import DataError, FkpError, TrainingDiverged, UsageError
 from .fileio import write_bytes_atomic
-from .keypoints import KAGGLE_POINTS, points_for
+from .keypoints import IBUG_POINTS, KAGGLE_POINTS, points_for
 from .metrics import nme_per_face, rmse
 from .progress import LineProgress
 from .runtime import autocast, resolve_device, to_model_input
@@ -321,8 +321,8 @@ RECIPES = {
         framing_scale=1.29,
         framing_shift=0.27,
     ),
-    # The shipped model: heatmap network, L1, cosine schedule, strong augmentation, a looser frame
-    # so that the jaw line (68 points) fits in the crop.
+    # The shipped models' recipe (their architectures: fkpnet_small, fkpnet_wide): heatmap network,
+    # L1, cosine schedule, strong augmentation, a looser frame so that the jaw line (68 points) fits.
     "fkpnet": dict(
         arch="fkpnet",
         points="15",
@@ -339,18 +339,33 @@ RECIPES = {
 }
 
 
+def _init_settings(init: str) -> dict:
+    """What fine-tuning ``init`` implies unless the user says otherwise: its architecture, points and
+    input size (``--init accurate`` fine-tunes fkpnet_wide at 128 px with 68 points). A file that
+    is not a readable checkpoint implies nothing; loading it later says what is wrong."""
+    try:
+        spec = ModelSpec.from_dict(load_checkpoint(init).get("spec"))
+    except FkpError:
+        return {}
+    points = "68" if set(IBUG_POINTS) <= set(spec.keypoints) else "15"
+    return {"arch": spec.arch, "points": points, "input_size": spec.input_size}
+
+
 def build_config(data: tuple[str, ...], recipe: str | None = None, **overrides) -> TrainConfig:
-    """A TrainConfig from a recipe (default: ``seed`` for Kaggle CSVs, ``fkpnet`` otherwise) and
-    the options the user set (``None`` = take the recipe's value)."""
+    """A TrainConfig from a recipe (default: ``seed`` for Kaggle CSVs, ``fkpnet`` otherwise), what
+    ``init`` implies (:func:`_init_settings`) and the options the user set (``None`` = not set)."""
     if recipe is None:
         recipe = "seed" if data and all(Path(d).is_file() and is_kaggle_csv(Path(d)) for d in data) else "fkpnet"
     if recipe not in RECIPES:
         raise UsageError(f"--recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
-    values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values = {**RECIPES[recipe], **given}
     # config.json names every file absolutely, so that `train --resume` works from any folder.
     data = tuple(os.path.abspath(d) for d in data)
     if values.get("init") in SHIPPED_MODELS and not Path(values["init"]).exists():  # --init fast: a shipped model
         values["init"] = str(model_path(values["init"]))
+    if values.get("init") and Path(values["init"]).is_file():
+        values.update({k: v for k, v in _init_settings(values["init"]).items() if k not in given})
     for key in ("images_dir", "init"):
         if values.get(key):
             values[key] = os.path.abspath(values[key])

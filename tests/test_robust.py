@@ -600,3 +600,34 @@ def test_a_failing_onnx_export_falls_back_quietly(capfd, tmp_path, monkeypatch):
     assert predictor.onnx is None  # fell back to PyTorch
     out, err = capfd.readouterr()
     assert "Torch IR" not in out + err and "aten::" not in out + err and len((out + err).splitlines()) < 5
+
+
+class _Garbage:
+    """Unreachable once made (a reference cycle): only the garbage collector destroys it."""
+
+    destroyed_in: list[int] = []
+
+    def __init__(self):
+        self.cycle = self
+
+    def __del__(self):
+        _Garbage.destroyed_in.append(os.getpid())
+
+
+def test_garbage_is_collected_before_workers_are_forked(tmp_path, tiny_weights):
+    """An earlier predictor's onnxruntime session, unreachable but not yet collected, hung a forked
+    worker that collected it (its thread pool's locks copied mid-use): predict collects first."""
+    import gc
+
+    from fkpbatch.engine import PredictOptions, Predictor
+
+    folder = photos(tmp_path / "in", 2)
+    predictor = Predictor.load(tiny_weights, "cpu")
+    _Garbage.destroyed_in.clear()
+    gc.disable()  # only an explicit collection can destroy it now
+    try:
+        _Garbage()
+        results = list(predictor.predict_paths([folder], PredictOptions(workers=2, detect="never")))
+    finally:
+        gc.enable()
+    assert len(results) == 2 and _Garbage.destroyed_in == [os.getpid()]

@@ -451,3 +451,14 @@ def test_config_names_files_absolutely_and_init_takes_a_shipped_model_name(tmp_p
     assert config.data == (str(tmp_path / "faces" / "keypoints.csv"),) and config.images_dir == str(tmp_path / "imgs")
     assert config.init == str(model_path("accurate"))
     assert build_config(("a.csv",), recipe="fkpnet", init="mine.pt").init == str(tmp_path / "mine.pt")
+
+
+@pytest.mark.parametrize(("model", "arch", "size"), [("fast", "fkpnet_small", 96), ("accurate", "fkpnet_wide", 128)])
+def test_init_implies_the_models_architecture_points_and_size_unless_given(model, arch, size):
+    """``train DATA --init accurate`` fine-tunes what ships (the recipe's fkpnet would be refused)."""
+    from fkpbatch.train import build_config
+
+    implied = build_config(("a.csv",), init=model)
+    assert (implied.arch, implied.points, implied.input_size) == (arch, "68", size)
+    given = build_config(("a.csv",), init=model, input_size=160, points="15")
+    assert (given.arch, given.points, given.input_size) == (arch, "15", 160)
