@@ -246,8 +246,7 @@ def _in_process_predict(weights, out, *inputs_and_options):
         "--detect",
         "never",
         "-o",
-        str(out),
-    ]
+    ] + [str(out)]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
@@ -558,22 +557,9 @@ def test_predict_with_a_seed_checkpoint_prints_no_exporter_graph(tmp_path):
     save_checkpoint(weights, spec, spec.build())
     folder = photos(tmp_path / "in", 2)
     env = {**ENV, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    predict = ["predict", str(folder), "-w", str(weights), "--workers", "0", "--detect", "never", "--device", "cpu"]
     result = subprocess.run(
-        [
-            PY,
-            "-m",
-            "fkpbatch",
-            "predict",
-            str(folder),
-            "-w",
-            str(weights),
-            "--workers",
-            "0",
-            "--detect",
-            "never",
-            "--device",
-            "cpu",
-        ],
+        [PY, "-m", "fkpbatch", *predict],
         cwd=REPO,
         env=env,
         capture_output=True,
