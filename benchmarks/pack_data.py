@@ -5,7 +5,7 @@ carry at most 64 MiB): each face is cut to the region training can reach (its fr
 stay as they are, so ``--group-by`` gives the same split; coordinates follow the cut and scale.
 
     python benchmarks/pack_data.py ../shared/data/faces15 ../shared/data/helen_train \\
-        ../shared/data/lfpw_train --out .gpudata
+        ../shared/data/lfpw_train --out .gpudata [--photos ../shared/data/photos]
 """
 
 from __future__ import annotations
@@ -57,14 +57,36 @@ def pack(source: Path, out: Path, *, box_limit: float, margin: float, quality: i
     return len(rows)
 
 
+def pack_photos(source: Path, out: Path, *, longest: int, quality: int) -> int:
+    """The unlabeled photos, upright and at most ``longest`` px (RGB JPEG): enough for the GPU tests
+    and the ~800-px photo benchmark (``benchmarks/gpu_check.sh`` with FKPBATCH_DATA=OUT)."""
+    from PIL import ImageOps
+
+    (out / "photos").mkdir(parents=True, exist_ok=True)
+    count = 0
+    for path in sorted(source.iterdir()):
+        try:
+            image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+        except OSError:
+            continue
+        image.thumbnail((longest, longest), Image.LANCZOS)
+        image.save(out / "photos" / (path.stem + ".jpg"), quality=quality)
+        count += 1
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sources", nargs="+", type=Path, help="folders with keypoints.csv")
+    parser.add_argument("sources", nargs="*", type=Path, help="folders with keypoints.csv")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--box", type=float, default=160.0, help="largest framing box kept, pixels")
     parser.add_argument("--margin", type=float, default=1.5, help="region kept around the box, times its size")
     parser.add_argument("--quality", type=int, default=82, help="JPEG quality")
+    parser.add_argument("--photos", type=Path, help="also the unlabeled photos folder (../shared/data/photos)")
+    parser.add_argument("--photos-longest", type=int, default=800, help="longest side of the packed photos")
     args = parser.parse_args()
+    if args.photos:
+        print(f"photos: {pack_photos(args.photos, args.out, longest=args.photos_longest, quality=85)} pictures")
     for source in args.sources:
         count = pack(source, args.out, box_limit=args.box, margin=args.margin, quality=args.quality)
         print(f"{source.name}: {count} faces")
