@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from .errors import UsageError
-from .keypoints import IBUG_POINTS
+from .keypoints import has_ibug68
 from .options import Detect, DetectOn, Device, Faces, Model, Points, PredictOptions, Runtime
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def predict(
         Runtime.parse(runtime, "runtime"),
         model=None if model is None else Model.parse(model, "model"),
     )
-    if points == Points.ibug68 and not set(IBUG_POINTS) <= set(predictor.keypoints):
+    if points == Points.ibug68 and not has_ibug68(predictor.keypoints):
         raise UsageError("points='68': these weights predict the 15 Kaggle points only")
     if items and all(images):
         results = predictor.predict_images(items, options)

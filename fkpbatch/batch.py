@@ -16,7 +16,7 @@ from .annotate import ContactSheet, draw_result
 from .discover import discover
 from .engine import Predictor
 from .errors import OutputError, UsageError
-from .keypoints import IBUG_POINTS, points_for
+from .keypoints import has_ibug68, points_for
 from .options import PredictOptions
 from .resume import (
     Existing,
@@ -132,7 +132,7 @@ def run_batch(
 
     Ctrl-C and SIGTERM (see :mod:`fkpbatch.interrupts`) stop it between whole batches; what was
     predicted is written first, and the output stays one that ``--resume`` continues."""
-    if request.points == "68" and not set(IBUG_POINTS) <= set(predictor.spec.keypoints):
+    if request.points == "68" and not has_ibug68(predictor.spec.keypoints):
         raise UsageError("--points 68: these weights predict the 15 Kaggle points only")
     fmt = infer_format(request.out, request.fmt)
     if request.resume and request.overwrite:

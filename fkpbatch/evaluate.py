@@ -15,7 +15,7 @@ from .discover import InputFile
 from .engine import Predictor
 from .errors import DataError, UsageError
 from .fileio import atomic_write, check_target
-from .keypoints import IBUG_POINTS, KAGGLE_POINTS, coordinate_columns
+from .keypoints import IBUG_POINTS, KAGGLE_POINTS, coordinate_columns, has_ibug68
 from .metrics import summarize
 from .options import PredictOptions
 from .transforms import FRAMING_POINTS, Framing, box_from_points, crop_face, from_unit, to_uint8_tensor, whole_image_box
@@ -84,7 +84,7 @@ def evaluate_checkpoint(
         pred, quality = _kaggle_predictions(predictor, [table.images[r] for r in rows])
         labels, scale, missed = _expand(table.points[rows], table.keypoints, names), np.ones(len(rows)), 0
     else:
-        with_68 = set(IBUG_POINTS) <= set(names) and set(coordinate_columns(IBUG_POINTS)) <= _columns(data)
+        with_68 = has_ibug68(names) and set(coordinate_columns(IBUG_POINTS)) <= _columns(data)
         table = load_folder_csv(data, KAGGLE_POINTS + IBUG_POINTS if with_68 else KAGGLE_POINTS, decode=False)
         rows = _holdout_rows(table.names, holdout)
         files = [InputFile(table.paths[r], table.names[r], False) for r in rows]

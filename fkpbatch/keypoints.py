@@ -55,6 +55,11 @@ def flip_permutation(names: tuple[str, ...] | list[str]) -> list[int]:
     return [position[mirror_name(n)] for n in names]
 
 
+def has_ibug68(names) -> bool:
+    """Whether ``names`` hold the 68 iBUG points (what ``--points 68`` needs of a model or a CSV)."""
+    return set(IBUG_POINTS) <= set(names)
+
+
 def points_for(selection: str) -> tuple[str, ...]:
     """Keypoint names for ``--points 15`` or ``--points 68`` (68 = the 15 plus the iBUG points)."""
     if selection == "15":

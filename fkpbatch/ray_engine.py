@@ -21,7 +21,7 @@ from .checkpoint import ModelSpec, load_model
 from .discover import InputFile, discover
 from .engine import DEFAULT_WEIGHTS, RUNTIMES, FaceCropper, Predictor
 from .errors import UsageError
-from .keypoints import IBUG_POINTS
+from .keypoints import has_ibug68
 from .options import PredictOptions
 from .results import CropRecord
 from .transforms import Box
@@ -138,7 +138,7 @@ def run_ray(
     if runtime == "onnxruntime" and (num_gpus or device not in ("auto", "cpu")):
         raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu and no --num-gpus")
     _, model_spec = load_model(weights)  # checked here, once: the actors would each fail alike
-    if points == "68" and not set(IBUG_POINTS) <= set(model_spec.keypoints):
+    if points == "68" and not has_ibug68(model_spec.keypoints):
         raise UsageError("--points 68: these weights predict the 15 Kaggle points only")
     spec = model_spec.to_dict()
     files = discover(list(paths), recursive=recursive, from_list=from_list).files

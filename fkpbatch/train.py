@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .datasets import FaceDataset, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
 from .errors import DataError, FkpError, TrainingDiverged, UsageError
 from .fileio import write_bytes_atomic
-from .keypoints import IBUG_POINTS, KAGGLE_POINTS, points_for
+from .keypoints import KAGGLE_POINTS, has_ibug68, points_for
 from .metrics import nme_per_face, rmse
 from .progress import LineProgress
 from .runtime import autocast, resolve_device, to_model_input
@@ -347,7 +347,7 @@ def _init_settings(init: str) -> dict:
         spec = ModelSpec.from_dict(load_checkpoint(init).get("spec"))
     except FkpError:
         return {}
-    points = "68" if set(IBUG_POINTS) <= set(spec.keypoints) else "15"
+    points = "68" if has_ibug68(spec.keypoints) else "15"
     return {"arch": spec.arch, "points": points, "input_size": spec.input_size}
 
 
