@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 from .checkpoint import ModelSpec
-from .decode import load_reduced
 from .detect import Decode, FaceDetector, Pass, Prepared, make_canvas
 from .engine import FaceCropper, ImageSource
 from .options import PredictOptions
@@ -58,9 +57,7 @@ class FrameSource(ImageSource):
     def _frame(self, item, record: FrameRecord) -> None:
         cropper = self.cropper
         image, full = cropper.load(item, record)
-        request = next(cropper.search(image, full, getattr(item, "path", None)))
-        if not isinstance(request, Pass) or request.image is not image:
-            raise RuntimeError(f"a search plan began with {type(request).__name__}, not a pass over the picture")
+        _, request = _first_pass(cropper, image, full, item)
         first = cropper.detector.prepare(request)
         record.first = Prepared(torch.from_numpy(np.array(first.pixels)), first.scale, first.border)
         record.gray = torch.from_numpy(np.array(image.convert("L")))
@@ -118,6 +115,16 @@ def collate_frames(records: list[FrameRecord]) -> FrameBatch:
     return batch
 
 
+def _first_pass(cropper: FaceCropper, image, full: tuple[int, int], item):
+    """(the image's search plan, its first request): the pass over ``image`` itself that the worker
+    prepares and the batch's first detector call answers."""
+    plan = cropper.search(image, full, getattr(item, "path", None))
+    request = next(plan)
+    if not isinstance(request, Pass) or request.image is not image:
+        raise RuntimeError(f"a search plan began with {type(request).__name__}, not a pass over the picture")
+    return plan, request
+
+
 class _Picture:
     """A worker's decoded picture in the main process, by its size alone (all the face policy reads
     of it); :meth:`DeviceSearch._pixels` fetches its pixels when a pass needs them."""
@@ -151,10 +158,7 @@ class DeviceSearch:
                 record = records[row]
                 try:
                     picture = _Picture(record.gray.shape[1], record.gray.shape[0], slot)
-                    plan = cropper.search(picture, (record.width, record.height), getattr(items[row], "path", None))
-                    request = next(plan)
-                    if not isinstance(request, Pass):
-                        raise RuntimeError(f"a search plan began with {type(request).__name__}, not a pass")
+                    plan, _ = _first_pass(cropper, picture, (record.width, record.height), items[row])
                     running[row], answers[row] = (plan, picture), record.first.candidates(*raw)
                 except Exception as exc:  # noqa: BLE001 - as in the workers: one odd file never ends a run
                     cropper.failed(record, items[row], exc)
@@ -225,7 +229,7 @@ class DeviceSearch:
 
     def _decode(self, request: Decode):
         try:
-            return load_reduced(request.path, self.cropper.options.max_pixels, request.side)[0]
+            return self.cropper.answer(request)
         except Exception as exc:  # noqa: BLE001 - handed to the image's plan as its failure
             return exc
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from fkpbatch import device_detect
 from fkpbatch.cli import app
 from fkpbatch.decode import load_image
-from fkpbatch.detect import FaceDetector, Pass, make_canvas
-from fkpbatch.engine import PredictOptions, Predictor
+from fkpbatch.detect import Decode, FaceDetector, Pass, make_canvas
+from fkpbatch.engine import FaceCropper, PredictOptions, Predictor
 from fkpbatch.errors import DecodeError
 
 from conftest import REPO, gradient_image, need_data
@@ -131,10 +131,14 @@ def test_a_failed_bigger_decode_in_the_main_process_is_that_images_error_row(pre
     process on the device path; when that fails, the image is an error row and the run goes on."""
     photo = need_data("photos", "img54.jpg")  # its second pass needs a bigger decode
 
-    def refuse(*_args, **_kwargs):
-        raise DecodeError("cannot decode: truncated")
+    answer = FaceCropper.answer
 
-    monkeypatch.setattr(device_detect, "load_reduced", refuse)
+    def refuse(cropper, request):  # the workers' own decodes go through FaceCropper.load, untouched
+        if isinstance(request, Decode):
+            raise DecodeError("cannot decode: truncated")
+        return answer(cropper, request)
+
+    monkeypatch.setattr(FaceCropper, "answer", refuse)
     results = list(predictor.predict_paths([photo, *EXAMPLES], PredictOptions(workers=0, detect_on="device")))
     assert (results[0].status, results[0].error) == ("error", "cannot decode: truncated")
     assert [r.status for r in results[1:]] == ["ok"] * len(EXAMPLES)
