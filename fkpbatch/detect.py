@@ -352,6 +352,15 @@ class FaceDetector:
             len(coarse.scores) == 0 or smallest < SMALL_FACE or (smallest < 2 * SMALL_FACE and self.count(coarse) > 1)
         )
 
+    def second_pass_due(
+        self, passes: str, coarse: Candidates, size: tuple[int, int], full: tuple[int, int] | None = None
+    ) -> bool:
+        """``--passes``: ``two`` whenever the image is bigger than the coarse pass, ``auto`` where
+        :meth:`wants_second_pass` says so, ``one`` never."""
+        if passes == "two":
+            return max(full or size) > self.coarse
+        return passes == "auto" and self.wants_second_pass(coarse, size, full)
+
     def count(self, found: Candidates) -> int:
         return len(_suppress(found.boxes, found.scores, self.nms_iou)) if len(found.scores) else 0
 
@@ -369,8 +378,7 @@ class FaceDetector:
     def search(self, image: Image.Image, pad: float = 0.0, passes: str = "auto") -> Plan[list[Detection]]:
         """:meth:`detect` as a search plan (see :data:`Plan`)."""
         found = [(yield Pass(image, self.coarse, pad))]
-        second = passes == "two" and max(image.size) > self.coarse
-        if second or (passes == "auto" and self.wants_second_pass(found[0], image.size)):
+        if self.second_pass_due(passes, found[0], image.size):
             found.append((yield Pass(image, self.fine, pad)))
         return self.merge(found)
 

@@ -87,12 +87,7 @@ class FaceCropper:
         detector, passes = self.detector, self.options.passes
         found = [(yield Pass(image, detector.coarse))]
         fine = min(detector.fine, max(full))
-        if (
-            passes == "two"
-            and max(full) > detector.coarse
-            or passes == "auto"
-            and detector.wants_second_pass(found[0], image.size, full)
-        ):
+        if detector.second_pass_due(passes, found[0], image.size, full):
             if max(image.size) < fine:
                 bigger = yield Decode(path, fine)
                 found = [found[0].scaled(bigger.width / image.width, bigger.height / image.height)]
