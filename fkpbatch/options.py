@@ -163,10 +163,12 @@ class Augment(Choice):
     strong = "strong"
 
 
-# "Only faces become rows", measured on the shared photos (fkpnet68.pt): clear faces have quality
-# 0.38-0.45; real but blurred, profile or cut faces 0.00-0.22 with detector scores >= 0.87; the false
-# faces seen (the back of a head, a camera, blurred hands) scored 0.83-0.86 with quality <= 0.15, at
-# 0.46-0.54 of the clear face's size, while blurred faces behind the subject measured 0.19 of it.
+# "Only faces become rows", measured on the shared photos with the 0.3.0 models
+# (benchmarks/quality_scale.py; README): clear faces have quality 0.36-0.58; the back of a head
+# (img31) scores 0.867 and a blurred foreground profile 0.883, both quality 0.00 at about half the
+# subject's size, so 0.86 keeps them (as rows with quality 0.00); 0.9 would drop them but comes
+# within 0.05 quality of a real selfie face cut by the border (0.895, quality 0.25). Blurred faces
+# behind the subject measure 0.19 of its size.
 UNSURE_SCORE = 0.86
 UNSURE_QUALITY = 0.2
 UNSURE_SIZE = 0.3
