@@ -37,20 +37,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fkpbatch, installed or not
 
 from fkpbatch.discover import discover
-from fkpbatch.engine import (
-    DEFAULT_WEIGHTS,
-    ImageSource,
-    PredictOptions,
-    Predictor,
-    _worker_init,
-    collate_images,
-    worker_start_method,
-)
+from fkpbatch.engine import DEFAULT_WEIGHTS, ImageSource, PredictOptions, Predictor, collate_images, worker_loader
 from fkpbatch.runtime import cpu_count, default_workers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,15 +62,7 @@ def pipeline_rate(predictor: Predictor, folder: Path, options: PredictOptions, f
 
     files = discover([folder]).files
     source = FrameSource(files, predictor.spec, options) if frames else ImageSource(files, predictor.spec, options)
-    loader = DataLoader(
-        source,
-        batch_size=options.batch_size,
-        num_workers=options.workers,
-        collate_fn=collate_frames if frames else collate_images,
-        worker_init_fn=_worker_init,
-        multiprocessing_context=worker_start_method(predictor.device) if options.workers else None,
-        prefetch_factor=4 if options.workers else None,
-    )
+    loader = worker_loader(source, collate_frames if frames else collate_images, options, predictor.device)
     started = time.perf_counter()
     for _ in loader:
         pass

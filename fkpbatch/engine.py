@@ -212,6 +212,29 @@ def worker_start_method(device: torch.device) -> str | None:
     return "forkserver" if device.type == "cuda" else None
 
 
+def worker_loader(
+    source: Dataset, collate, options: PredictOptions, device: torch.device, prefetch: int = 4
+) -> DataLoader:
+    """The DataLoader that runs ``source`` in ``options.workers`` workers for a model on ``device``
+    (what predict iterates, and what benchmarks/throughput.py times), to be iterated at once."""
+    if options.workers:
+        # Unreachable objects are destroyed here, not in a forked worker: an onnxruntime session
+        # of an earlier predictor torn down by a worker's garbage collector hung that worker
+        # (its thread pool's locks were copied mid-use); likely also the SIGSEGV seen on a GPU.
+        gc.collect()
+    return DataLoader(
+        source,
+        batch_size=options.batch_size,
+        num_workers=options.workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init,
+        multiprocessing_context=worker_start_method(device) if options.workers else None,
+        prefetch_factor=prefetch if options.workers else None,
+        persistent_workers=False,
+    )
+
+
 RUNTIMES = Runtime.values()
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -384,24 +407,8 @@ class Predictor:
             search = DeviceSearch(self.spec, options, self.face_detector(options.min_score))
         else:
             source, collate = ImageSource(items, self.spec, options), collate_images
-        loader = DataLoader(
-            source,
-            batch_size=options.batch_size,
-            num_workers=options.workers,
-            collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
-            worker_init_fn=_worker_init,
-            multiprocessing_context=worker_start_method(self.device) if options.workers else None,
-            # the device path's batches carry pictures, not crops: fewer in flight
-            prefetch_factor=(2 if search else 4) if options.workers else None,
-            persistent_workers=False,
-        )
-        if options.workers:
-            # Unreachable objects are destroyed here, not in a forked worker: an onnxruntime session
-            # of an earlier predictor torn down by a worker's garbage collector hung that worker
-            # (its thread pool's locks were copied mid-use); likely also the SIGSEGV seen on a GPU.
-            gc.collect()
-        batches = iter(loader)
+        # the device path's batches carry pictures, not crops: fewer in flight
+        batches = iter(worker_loader(source, collate, options, self.device, prefetch=2 if search else 4))
         try:
             while True:
                 with interrupts.deferred():  # a stop signal waits until the batch being received is whole
