@@ -39,9 +39,8 @@ def summary(values) -> dict:
 
 def main_faces(frame):
     """(quality of each image's largest face, quality of the other faces)."""
-    faces = frame[frame["status"] == "ok"].copy()
-    faces["size"] = faces["box_w"]
-    largest = faces.groupby("image")["size"].transform("max") == faces["size"]
+    faces = frame[frame["status"] == "ok"]
+    largest = faces.groupby("image")["box_w"].transform("max") == faces["box_w"]
     return faces[largest]["quality"].tolist(), faces[~largest]["quality"].tolist()
 
 
