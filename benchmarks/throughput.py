@@ -40,9 +40,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fkpbatch, installed or not
 
+from fkpbatch.cropping import ImageSource, collate_images, worker_loader
 from fkpbatch.discover import discover
-from fkpbatch.engine import DEFAULT_WEIGHTS, ImageSource, PredictOptions, Predictor, collate_images, worker_loader
-from fkpbatch.runtime import cpu_count, default_workers
+from fkpbatch.engine import PredictOptions, Predictor
+from fkpbatch.options import cpu_count, default_workers
+from fkpbatch.zoo import model_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,10 +75,10 @@ def model_rate(predictor: Predictor, batch_size: int, batches: int = 20) -> floa
     size = predictor.spec.input_size
     crops = torch.randint(0, 256, (batch_size, 1, size, size), dtype=torch.uint8)
     torch.set_num_threads(cpu_count())
-    predictor._keypoints(crops)  # warm-up
+    predictor.predict_crops(crops)  # warm-up
     started = time.perf_counter()
     for _ in range(batches):
-        predictor._keypoints(crops)
+        predictor.predict_crops(crops)
     return batch_size * batches / (time.perf_counter() - started)
 
 
@@ -288,7 +290,7 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, default=Path(os.environ.get("FKPBATCH_DATA", REPO.parent / "shared" / "data"))
     )
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--weights", type=Path, default=model_path())
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "throughput.json")
     parser.add_argument("--skip-auto", action="store_true", help="only --detect never")
     parser.add_argument(

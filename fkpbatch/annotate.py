@@ -10,6 +10,7 @@ import heapq
 import html
 import io
 import os
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -17,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, ImageDraw, ImageFont
 
 from .decode import DEFAULT_MAX_PIXELS, load_image
+from .discover import real_name
 from .errors import FkpError
 from .fileio import atomic_write, same_file, write_bytes_atomic
 from .results import FaceResult, ImageResult
@@ -31,9 +33,10 @@ SHEET_NAME = "index.html"
 
 
 def annotation_path(name: str, root: Path) -> Path | None:
-    """Where the annotated copy of an input goes: its folder-relative layout inside ``root``.
-    Absolute parts and ``..`` are dropped; None if the result would still leave ``root``."""
-    parts = [p for p in PurePosixPath(name).parts if p not in ("/", "..", ".", "")]
+    """Where the annotated copy of an input goes: its folder-relative layout inside ``root``, under
+    the input's own file name (``name`` is an output name: its ``\\xNN`` and ``\\\\`` escapes are
+    undone). Absolute parts and ``..`` are dropped; None if the result would still leave ``root``."""
+    parts = [p for p in PurePosixPath(real_name(name)).parts if p not in ("/", "..", ".", "")]
     if not parts:
         return None
     target = root.joinpath(*parts)
@@ -215,7 +218,7 @@ class ContactSheet:
             css = ' class="doubtful"' if entry.quality is not None and entry.quality < DOUBTFUL_QUALITY else ""
             name = html.escape(entry.image)
             src = "data:image/jpeg;base64," + base64.b64encode(entry.thumbnail).decode("ascii")
-            caption = f'<a href="{html.escape(link)}">{name}</a>' if link else name
+            caption = f'<a href="{html.escape(sheet_href(link))}">{name}</a>' if link else name
             tiles.append(
                 f'<figure{css}><img src="{src}" alt="{name} face {entry.face}">'
                 f"<figcaption><b>{quality}</b> face {entry.face}<br>{caption}</figcaption></figure>"
@@ -242,6 +245,14 @@ class ContactSheet:
         except FkpError as exc:
             return [f"contact sheet not written: {exc}"]
         return []
+
+
+def sheet_href(relative: str) -> str:
+    """A link to the file at ``relative`` (a POSIX path, as the file system names it) from the sheet's
+    folder: every byte but letters, digits, ``/`` and ``-._~`` percent-encoded (``#``, ``?``, ``%``
+    stay part of the name), and ``./`` in front, so that a name holding a colon is never read as a
+    scheme (``javascript:...``)."""
+    return "./" + urllib.parse.quote(os.fsencode(relative), safe="/")
 
 
 class _Largest:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from .errors import UsageError
 from .keypoints import has_ibug68
-from .options import Detect, DetectOn, Device, Faces, Model, Points, PredictOptions, Runtime
+from .options import Device, Model, Points, PredictOptions, Runtime
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,25 +31,28 @@ def _is_image(value: Any) -> bool:
     return type(value).__name__ == "ndarray" and type(value).__module__ == "numpy"
 
 
+def _as_list(inputs) -> list:
+    """One input or an iterable of them as a list; anything else is a UsageError naming its type."""
+    if isinstance(inputs, (str, os.PathLike)) or _is_image(inputs):
+        return [inputs]
+    if inputs is None or isinstance(inputs, (bytes, bytearray, memoryview)) or not hasattr(inputs, "__iter__"):
+        raise UsageError(
+            f"expected a path, a PIL image, a numpy array or a list of them, not {type(inputs).__name__} "
+            "(for encoded image bytes, open them with PIL.Image.open(io.BytesIO(data)))"
+        )
+    return list(inputs)
+
+
 def predict(
     inputs: Input | Iterable[Input],
     *,
     points: str | Points = Points.kaggle15,
     model: str | Model | None = None,
     weights: str | os.PathLike[str] | None = None,
-    detect: str | Detect = PredictOptions.detect,
-    faces: str | Faces = PredictOptions.faces,
     device: str | Device = Device.auto,
     runtime: str | Runtime = Runtime.auto,
     recursive: bool = True,
-    min_score: float = PredictOptions.min_score,
-    min_face: int = PredictOptions.min_face,
-    max_pixels: int = PredictOptions.max_pixels,
-    batch_size: int = PredictOptions.batch_size,
-    workers: int | None = None,
-    passes: str = PredictOptions.passes,
-    unsure_score: float = PredictOptions.unsure_score,
-    detect_on: str | DetectOn = PredictOptions.detect_on,
+    **options: Any,
 ) -> pd.DataFrame:
     """Facial keypoints as a pandas DataFrame with exactly the columns of ``fkpbatch predict``'s CSV
     (one row per face; one row for an image without a face or that cannot be read).
@@ -59,28 +63,20 @@ def predict(
 
     ``points``: ``"15"`` (Kaggle) or ``"68"`` (adds ``p0_x`` .. ``p67_y``). ``model``: a shipped model,
     ``"fast"`` (default) or ``"accurate"``; ``weights``: a checkpoint from ``fkpbatch train``
-    instead. The other options are those of ``fkpbatch predict`` (``detect``: auto | always |
-    never; ``faces``: all | largest; ``device``: auto | cpu | cuda | mps; ``detect_on``: auto |
-    workers | device, where faces are detected). A missing path or a bad
-    option raises :class:`fkpbatch.errors.UsageError`.
+    instead; ``device``: auto | cpu | cuda | mps. ``options``: the fields of
+    :class:`fkpbatch.PredictOptions` (``detect="never"``, ``faces="largest"``, ``pose=True``, ...),
+    the options of ``fkpbatch predict``. A missing path or a bad option raises
+    :class:`fkpbatch.errors.UsageError`.
     """
     from .engine import Predictor
     from .writers import results_frame
 
     points = Points.parse(points, "points")
-    options = PredictOptions(
-        detect=detect,
-        faces=faces,
-        min_score=min_score,
-        min_face=min_face,
-        max_pixels=max_pixels,
-        batch_size=batch_size,
-        workers=workers,
-        passes=passes,
-        unsure_score=unsure_score,
-        detect_on=detect_on,
-    )
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) or _is_image(inputs) else list(inputs)
+    unknown = sorted(set(options) - {f.name for f in fields(PredictOptions)})
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r}; see fkpbatch.PredictOptions for the options")
+    options = PredictOptions(**options)
+    items = _as_list(inputs)
     images = [_is_image(item) for item in items]
     if any(images) and not all(images):
         raise UsageError("give either paths or in-memory images in one call, not both")

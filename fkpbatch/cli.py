@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,8 @@ from .options import (
     PredictOptions,
     Recipe,
     Runtime,
+    option_help,
+    predict_options,
 )
 from .zoo import DEFAULT_MODEL, SHIPPED_MODELS, resolve_weights
 
@@ -51,20 +54,10 @@ ModelOption = Annotated[
     ),
 ]
 DeviceOption = Annotated[Device, typer.Option(help="auto = CUDA if available, else MPS, else CPU.")]
-WorkersOption = Annotated[
-    Optional[int], typer.Option(help="DataLoader worker processes (default: one per core).", min=0)
-]
-BatchOption = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.", min=1)]
 RuntimeOption = Annotated[Runtime, typer.Option(help="auto = onnxruntime on the CPU, PyTorch on a GPU.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr (settings, all warnings).")]
-DetectOption = Annotated[
-    Detect,
-    typer.Option(
-        help="auto: detect faces; an image <= 400 px with none found is taken as one tight face crop. always: detect only. "
-        "never: the whole image is one face (Kaggle-style crops)."
-    ),
-]
+DetectOption = Annotated[Detect, typer.Option(help=option_help("detect"))]
 
 
 def _value(choice):
@@ -107,6 +100,11 @@ def main(
     """fkpbatch: facial keypoints for folders of face photos."""
 
 
+def _predict_option(name: str, *flags: str, **kwargs):
+    """A ``predict`` option whose help text is PredictOptions' (fkpbatch/options.py)."""
+    return typer.Option(*flags, help=option_help(name), **kwargs)
+
+
 @app.command()
 def predict(
     paths: Annotated[
@@ -120,62 +118,48 @@ def predict(
             "--format", "-f", help="Default: from the -o extension; CSV on stdout. parquet: --engine ray only."
         ),
     ] = None,
-    from_list: Annotated[Optional[str], typer.Option(help="File with one path per line ('-' = stdin).")] = None,
+    from_list: Annotated[
+        Optional[str],
+        typer.Option(help="File naming one input per line, or NUL-separated (find -print0); '-' = stdin."),
+    ] = None,
     recursive: Annotated[bool, typer.Option(help="Walk folders recursively.")] = True,
     model: ModelOption = None,
     weights: WeightsOption = None,
     device: DeviceOption = Device.auto,
     runtime: RuntimeOption = Runtime.auto,
-    batch_size: BatchOption = PredictOptions.batch_size,
-    workers: WorkersOption = None,
+    batch_size: Annotated[int, _predict_option("batch_size", "--batch-size", "-b", min=1)] = PredictOptions.batch_size,
+    workers: Annotated[Optional[int], _predict_option("workers", min=0)] = None,
     detect: DetectOption = PredictOptions.detect,
-    faces: Annotated[Faces, typer.Option(help="largest = one face per image.")] = PredictOptions.faces,
-    min_score: Annotated[
-        float, typer.Option(help="Minimum face detection score.", min=0.0, max=1.0)
-    ] = PredictOptions.min_score,
-    min_face: Annotated[
-        int, typer.Option(help="Ignore detected faces smaller than this (box side, pixels).", min=0)
-    ] = PredictOptions.min_face,
-    passes: Annotated[
-        Passes,
-        typer.Option(
-            help="Detector passes on large photos: auto = a 480-px pass, and a finer one (up to 1600 px) only where "
-            "small faces are likely; one; two = always both."
-        ),
-    ] = PredictOptions.passes,
-    detect_on: Annotated[
-        DetectOn,
-        typer.Option(
-            help="Where faces are detected: auto = workers = onnxruntime on the CPU, one image at a time (measured "
-            "faster on a 16-core GPU machine); device = the detector on --device (e.g. the GPU), whole batches at "
-            "once, the workers only decode (for few CPU cores per GPU)."
-        ),
-    ] = PredictOptions.detect_on,
-    unsure_score: Annotated[
-        float,
-        typer.Option(
-            help="A detection scored below this whose keypoint quality is under 0.2 is not a face when the picture "
-            "holds a clear face at a similar scale (a painting, the back of a head); 0 keeps them all.",
-            min=0.0,
-            max=1.0,
-        ),
-    ] = PredictOptions.unsure_score,
-    max_pixels: Annotated[
-        int, typer.Option(help="Refuse images with more pixels (decompression bombs) as error rows.", min=1)
-    ] = PredictOptions.max_pixels,
+    faces: Annotated[Faces, _predict_option("faces")] = PredictOptions.faces,
+    min_score: Annotated[float, _predict_option("min_score", min=0.0, max=1.0)] = PredictOptions.min_score,
+    min_face: Annotated[int, _predict_option("min_face", min=0)] = PredictOptions.min_face,
+    passes: Annotated[Passes, _predict_option("passes")] = PredictOptions.passes,
+    detect_on: Annotated[DetectOn, _predict_option("detect_on")] = PredictOptions.detect_on,
+    unsure_score: Annotated[float, _predict_option("unsure_score", min=0.0, max=1.0)] = PredictOptions.unsure_score,
+    unsure_quality: Annotated[
+        float, _predict_option("unsure_quality", min=0.0, max=1.0, hidden=True)
+    ] = PredictOptions.unsure_quality,
+    max_pixels: Annotated[int, _predict_option("max_pixels", min=1)] = PredictOptions.max_pixels,
+    pose: Annotated[bool, _predict_option("pose")] = PredictOptions.pose,
     points: Annotated[
         Points, typer.Option(help="15 = the Kaggle keypoints; 68 adds the iBUG p0_x..p67_y columns.")
     ] = Points.kaggle15,
     annotate: Annotated[
         Optional[Path], typer.Option(help="Write annotated copies of the images under this folder.")
     ] = None,
+    aligned: Annotated[
+        Optional[Path],
+        typer.Option(help="Write each face, aligned (ArcFace's five-point template), as a PNG under this folder."),
+    ] = None,
+    aligned_size: Annotated[int, typer.Option(help="Side of the --aligned crops in pixels.", min=16)] = 112,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace an existing output file (and existing annotated copies).")
+        bool, typer.Option(help="Replace an existing output file (and existing annotated or aligned images).")
     ] = False,
     resume: Annotated[
         bool,
         typer.Option(
-            help="Continue an interrupted run with the same options: skip images already in -o FILE, append the rest."
+            help="Continue an interrupted run with the same options: skip images already in -o FILE (retrying "
+            "those that failed), append the rest."
         ),
     ] = False,
     raw_names: Annotated[
@@ -203,13 +187,11 @@ def predict(
     verbose: VerboseOption = False,
 ):
     """Find facial keypoints in images and write one row per face (CSV on stdout by default)."""
-    from .batch import BatchRequest, run_batch
-    from .engine import Predictor
-    from .progress import progress_for
+    from .predict_run import PredictRequest
     from .shard import parse_shard
 
     with _clean_errors():
-        request = BatchRequest(
+        request = PredictRequest(
             paths=tuple(paths or ()),
             out=out,
             fmt=fmt,
@@ -217,67 +199,64 @@ def predict(
             recursive=recursive,
             from_list=from_list,
             annotate=annotate,
+            aligned=aligned,
+            aligned_size=aligned_size,
             overwrite=overwrite,
             resume=resume,
             raw_names=raw_names,
         )
-        options = PredictOptions(
-            detect=detect,
-            faces=faces,
-            min_score=min_score,
-            min_face=min_face,
-            max_pixels=max_pixels,
-            batch_size=batch_size,
-            passes=passes,
-            unsure_score=unsure_score,
-            workers=workers,
-            detect_on=detect_on,
-        )
+        options = predict_options(locals())
         shard_spec = parse_shard(shard) if shard else None
         weights = resolve_weights(weights, model)
-        _check_engine_options(
-            engine,
-            annotate=annotate,
-            resume=resume,
-            shard=shard,
-            strict=strict,
-            overwrite=overwrite,
-            workers=workers,
-            ray_address=ray_address,
-            num_gpus=num_gpus,
-            concurrency=concurrency,
-            detect_on=detect_on,
-            raw_names=raw_names,
-        )
+        _check_engine_options(engine, locals())
         if engine == Engine.ray:
             _predict_with_ray(request, options, weights, device, runtime, ray_address, num_gpus, concurrency, quiet)
             return
-        try:
-            with interrupts.handled():  # Ctrl-C and SIGTERM stop between whole batches
-                predictor = Predictor.load(weights, device, runtime)
-                if verbose and not quiet:
-                    spec = predictor.spec
-                    runner = "onnxruntime" if predictor.onnx is not None else "PyTorch"
-                    _say(
-                        f"model {weights} ({spec.arch}, {len(spec.keypoints)} points, {spec.input_size} px) "
-                        f"on {predictor.device} in {runner}; batch {options.batch_size}, {options.workers} workers, "
-                        f"--detect {options.detect}"
-                        + (f", detection on {predictor.device}" if predictor.detects_on_device(options) else "")
-                    )
-                progress = progress_for("predict", quiet=quiet, terminal=err.is_terminal, console=err)
-                with progress:
-                    summary = run_batch(
-                        predictor,
-                        request,
-                        options,
-                        shard=shard_spec,
-                        on_start=progress.start,
-                        on_batch=progress.advance,
-                    )
-        except KeyboardInterrupt as exc:
-            terminated = isinstance(exc, interrupts.Terminated)
-            _interrupted_hint("terminated (SIGTERM)" if terminated else "interrupted", out, fmt)
-            raise typer.Exit(143 if terminated else 130) from None
+        summary = _predict_here(request, options, weights, device, runtime, shard_spec, quiet=quiet, verbose=verbose)
+    _report(summary, quiet=quiet, verbose=verbose, strict=strict)
+
+
+def _predict_here(request, options, weights, device, runtime, shard, *, quiet: bool, verbose: bool):
+    """The local engine under the CLI's signal handling: Ctrl-C, SIGTERM and SIGHUP stop between
+    whole batches, say how to resume, and exit 128 + the signal's number."""
+    import torch
+
+    from .engine import Predictor
+    from .options import cpu_count
+    from .predict_run import run_predict
+    from .progress import progress_for
+
+    torch.set_num_threads(cpu_count())  # a process setting: the CLI's to make, never the library's
+    try:
+        with interrupts.handled():
+            predictor = Predictor.load(weights, device, runtime)
+            if verbose and not quiet:
+                _say(_settings_line(predictor, weights, options))
+            progress = progress_for("predict", quiet=quiet, terminal=err.is_terminal, console=err)
+            with progress:
+                return run_predict(
+                    predictor, request, options, shard=shard, on_start=progress.start, on_batch=progress.advance
+                )
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, interrupts.Terminated) else signal.SIGINT
+        what = "interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})"
+        _interrupted_hint(what, request.out)
+        raise typer.Exit(128 + signum) from None
+
+
+def _settings_line(predictor, weights, options: PredictOptions) -> str:
+    spec = predictor.spec
+    runner = "onnxruntime" if predictor.onnx is not None else "PyTorch"
+    return (
+        f"model {weights} ({spec.arch}, {len(spec.keypoints)} points, {spec.input_size} px) "
+        f"on {predictor.device} in {runner}; batch {options.batch_size}, {options.workers} workers, "
+        f"--detect {options.detect}"
+        + (f", detection on {predictor.device}" if predictor.detects_on_device(options) else "")
+    )
+
+
+def _report(summary, *, quiet: bool, verbose: bool, strict: bool) -> None:
+    """Warnings and the summary line on stderr; exit 1 when every image failed, or any with --strict."""
     if not quiet:
         shown = summary.warnings if verbose else summary.warnings[:20]
         for warning in shown:
@@ -294,7 +273,7 @@ def predict(
         raise typer.Exit(1)
 
 
-def _interrupted_hint(what: str, out: str, fmt: str | None) -> None:
+def _interrupted_hint(what: str, out: str) -> None:
     """How to continue after Ctrl-C or SIGTERM; the output holds whole images only."""
     import shlex
 
@@ -312,17 +291,19 @@ def _interrupted_hint(what: str, out: str, fmt: str | None) -> None:
     )
 
 
-def _check_engine_options(engine: str, **given) -> None:
+def _check_engine_options(engine: str, given: dict) -> None:
     """Options one engine does not implement are refused (exit 2), never silently ignored."""
     if engine == "ray":
         unsupported = {
             "--annotate": given["annotate"] is not None,
+            "--aligned": given["aligned"] is not None,
+            "--pose": given["pose"],
             "--resume": given["resume"],
             "--shard": given["shard"] is not None,
             "--strict": given["strict"],
             "--overwrite": given["overwrite"],
             "--workers": given["workers"] is not None,
-            "--detect-on device": given.get("detect_on") == "device",
+            "--detect-on device": given["detect_on"] == "device",
             "--raw-names": given["raw_names"],  # Ray's shards are for pipelines: names as they are
         }
         hint = "; Ray writes a new folder of shards, decodes in Ray tasks, and its rows carry each file's status"
@@ -496,7 +477,7 @@ def evaluate(
     ] = None,
     detect: DetectOption = PredictOptions.detect,
     device: DeviceOption = Device.auto,
-    workers: WorkersOption = None,
+    workers: Annotated[Optional[int], _predict_option("workers", min=0)] = None,
     json_out: Annotated[
         Optional[Path], typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,

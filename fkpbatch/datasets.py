@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .augment import TrainAugment
-from .decode import load_image
+from .decode import load_image, open_image
 from .errors import DataError, DecodeError
 from .keypoints import KAGGLE_POINTS, coordinate_columns
 from .transforms import FRAMING_POINTS, Box, Framing, box_from_points, crop_face, to_uint8_tensor, to_unit
@@ -99,39 +100,97 @@ def load_folder_csv(
     images_dir: Path | None = None,
     *,
     strict: bool = False,
-    warn=print,
+    warn=None,
     decode: bool = True,
 ) -> FaceTable:
     """A CSV with ``image`` + keypoint columns in original pixels; images beside the CSV or in
-    ``images/`` under it (or ``images_dir``). ``decode=False`` only checks that the files exist."""
+    ``images/`` under it (or ``images_dir``). ``decode=False`` only checks that the files exist
+    (and reads their size from the header).
+
+    A row is skipped (with one counted warning through ``warn``, default: stderr; a DataError with
+    ``strict``) when its image is missing or unreadable, or when one of the five framing points
+    (:data:`FRAMING_POINTS`, which place the face's crop) is empty, not finite, more than
+    :data:`FRAMING_RANGE` image sizes away, or all of them fall on one spot: no crop can be made
+    from it, for training (the crop) or evaluation (the Kaggle-unit scale) alike."""
+    warn = warn or _warn_stderr
     frame = _read_csv(path)
     if "image" not in frame.columns:
         raise DataError(f"{path}: no 'image' column (a folder dataset names each photo in 'image')")
     points = _coordinates(frame, path, keypoints)
+    framing = [keypoints.index(n) for n in FRAMING_POINTS] if set(FRAMING_POINTS) <= set(keypoints) else None
     root = images_dir or path.parent
     names, images, paths, kept = [], [], [], []
-    missing = []
+    missing, unframed = [], []
     for row, name in enumerate(frame["image"].astype(str)):
+        why = _unframed(points[row][framing], None) if framing else None
+        if why:
+            unframed.append(f"line {row + 2} ({name}: {why})")
+            continue
         candidates = [root / name, root / "images" / name]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             missing.append(f"line {row + 2}: {name}")
             continue
         try:
-            if decode:
-                images.append(load_image(found).convert("L"))
+            image = load_image(found).convert("L") if decode else None
         except DecodeError as exc:
             missing.append(f"line {row + 2}: {name} ({exc})")
             continue
+        size = image.size if image is not None else _header_size(found)
+        why = _unframed(points[row][framing], size) if framing and size else None
+        if why:
+            unframed.append(f"line {row + 2} ({name}: {why})")
+            continue
+        if image is not None:
+            images.append(image)
         names.append(name)
         paths.append(found)
         kept.append(row)
-    if missing:
-        message = f"{path}: {len(missing)} image(s) missing or unreadable, e.g. {missing[0]}"
+    for count, what, example in (
+        (len(missing), "image(s) missing or unreadable", missing[:1]),
+        (len(unframed), "row(s) skipped: framing points missing or not finite", unframed[:1]),
+    ):
+        if not count:
+            continue
+        message = f"{path}: {count} {what}, e.g. {example[0]}"
         if strict:
             raise DataError(message)
-        warn(f"warning: {message}; skipped")
+        warn(f"warning: {message}{'; skipped' if what.startswith('image') else ''}")
     return FaceTable(names, points[kept], images, keypoints, str(path), kaggle=False, paths=paths)
+
+
+# A framing point further than this many image sizes (the longer side) from the image is a typo or a
+# sentinel, not a face: the crop would be absurd (or, for 1e300, not computable).
+FRAMING_RANGE = 100
+
+
+def _unframed(framing: np.ndarray, size: tuple[int, int] | None) -> str | None:
+    """Why these five framing points (rows in FRAMING_POINTS order) cannot place a crop, or None.
+    ``size``: the image's (width, height), for the range check (None: not checked yet)."""
+    for (point, axis), value in zip(((p, a) for p in FRAMING_POINTS for a in "xy"), framing.reshape(-1)):
+        if np.isnan(value):
+            return f"{point}_{axis} empty"
+        if not np.isfinite(value):
+            return f"{point}_{axis} = {value}"
+        if size is not None and abs(value) > FRAMING_RANGE * max(size):
+            return f"{point}_{axis} = {value:g}, over {FRAMING_RANGE}x the image size"
+    if not box_from_points(framing, Framing()).size > 0:
+        return "all five at one spot"
+    return None
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """An image's size from its header, without decoding it; None if it cannot be read (predict
+    will say why in its row)."""
+    try:
+        with open_image(path) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 - any reader error: the size is only needed for a sanity check
+        return None
+
+
+def _warn_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def split_by_group(names: list[str], val_split: float, group_by: str | None, seed: int) -> np.ndarray:

@@ -255,10 +255,10 @@ class FaceDetector:
                 x = torch.from_numpy(bgr).to(self.device, non_blocking=True)
                 return tuple(t.float().cpu().numpy() for t in self.network()(x))
         if self._session is None:
-            import onnxruntime as ort
+            from .export import onnxruntime_module, session_options
 
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
+            ort = onnxruntime_module()  # no telemetry warning on import, no warnings under -q
+            options = session_options(self.threads)
             options.inter_op_num_threads = 1
             self._session = ort.InferenceSession(onnx_model(), options, providers=["CPUExecutionProvider"])
         return self._session.run(None, {"input": bgr})

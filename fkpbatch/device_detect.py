@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from .checkpoint import ModelSpec
+from .cropping import FaceCropper, ImageSource
 from .detect import Decode, FaceDetector, Pass, Prepared, make_canvas
-from .engine import FaceCropper, ImageSource
 from .options import PredictOptions
 from .results import CropRecord
 
@@ -146,7 +146,7 @@ class DeviceSearch:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def crops(self, batch: FrameBatch, items: list) -> tuple[torch.Tensor, list[CropRecord]]:
-        """(all faces' uint8 crops, the records), as :func:`fkpbatch.engine.collate_images` gives them;
+        """(all faces' uint8 crops, the records), as :func:`fkpbatch.cropping.collate_images` gives them;
         ``items``: the inputs of ``batch.records``, in order."""
         records, cropper = batch.records, self.cropper
         running: dict[int, tuple[Any, _Picture]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -46,9 +47,32 @@ class Discovery:
 
 
 def display_name(path: str) -> str:
-    """A printable, valid-UTF-8 POSIX name; undecodable bytes in file names become \\xNN escapes."""
+    """A printable, valid-UTF-8 POSIX name, reversible (:func:`real_name`): a byte of the file name
+    that is not UTF-8 becomes ``\\xNN`` and a backslash is doubled, so ``\\xNN`` only ever means a
+    byte and two different files never get the same name."""
     text = path.replace(os.sep, "/") if os.sep != "/" else path
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = text.replace("\\", "\\\\")
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file system gave (a str built in Python)
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def real_name(name: str) -> str:
+    """The file name (a ``str`` as :func:`os.fsdecode` gives it) that :func:`display_name` wrote as ``name``."""
+
+    def byte(match: re.Match) -> str:
+        code = match.group(1)
+        if code == "\\":
+            return "\\"
+        value = int(code[1:], 16)
+        return chr(value) if value < 0x80 else chr(0xDC00 + value)  # surrogateescape, as os.fsdecode
+
+    return _ESCAPE.sub(byte, name)
 
 
 def _kind(mode: int) -> str:
@@ -119,19 +143,40 @@ def _walk(root: Path, recursive: bool, found: Discovery) -> None:
 
 
 def read_list(list_file: str) -> list[Path]:
-    """One path per line (``-`` = stdin); blank lines and ``#`` comments ignored."""
+    """The names in a list file (``-`` = stdin), each taken exactly as written: spaces, a leading
+    ``#`` and any character but the separator are part of the name. Names are separated by NUL
+    when the list holds one (``find -print0``), else by line feeds; a CR before the line feed is
+    dropped (CRLF lists), as is the line feed or NUL after the last name. Empty names (blank lines)
+    are ignored: no file has one. The bytes are file names, decoded as :func:`os.fsdecode` does,
+    so a name that is not UTF-8 still finds its file."""
     try:
         if list_file == "-":
             if sys.stdin is None:
                 raise ValueError("standard input is closed")
-            text = sys.stdin.read()
+            stream = getattr(sys.stdin, "buffer", None)
+            data = stream.read() if stream is not None else os.fsencode(sys.stdin.read())
         else:
-            text = Path(list_file).read_text()
+            data = Path(list_file).read_bytes()
     except OSError as exc:
         raise UsageError(f"--from-list {list_file}: cannot read ({exc.strerror or exc})") from None
-    except (ValueError, AttributeError) as exc:  # a closed stdin, or bytes that are not text
+    except (ValueError, AttributeError) as exc:  # a closed stdin
         raise UsageError(f"--from-list {list_file}: cannot read ({str(exc).splitlines()[0][:120]})") from None
-    return [Path(line.strip()) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [Path(name) for name in split_list(data)]
+
+
+def split_list(data: bytes) -> list[str]:
+    """The names of a list file's content (see :func:`read_list`), as :func:`os.fsdecode` strings."""
+    if b"\0" in data:
+        items = data.split(b"\0")
+    else:
+        items = [line[:-1] if line.endswith(b"\r") else line for line in data.split(b"\n")]
+    return [os.fsdecode(item) for item in items if item]
+
+
+def _shown(path: Path) -> str:
+    """A name in a message: quoted when spaces at its ends or control characters would hide what it is."""
+    name = display_name(str(path))
+    return repr(name) if name != name.strip() or any(ord(c) < 32 or c == "\x7f" for c in name) else name
 
 
 def _given(path: Path, found: Discovery, recursive: bool) -> None:
@@ -141,7 +186,7 @@ def _given(path: Path, found: Discovery, recursive: bool) -> None:
         mode = os.stat(path).st_mode
     except OSError as exc:
         if exc.errno == errno.ENOENT and not os.path.islink(path):
-            raise UsageError(f"{name}: no such file or folder") from None
+            raise UsageError(f"{_shown(path)}: no such file or folder") from None
         if exc.errno == errno.ENOENT:  # a broken link: its row names it
             found.files.append(InputFile(path, name, False, name))
             return
@@ -158,12 +203,17 @@ def _given(path: Path, found: Discovery, recursive: bool) -> None:
 
 def discover(paths: list[Path], *, recursive: bool = True, from_list: str | None = None) -> Discovery:
     """Expand files and folders into a sorted list of input files; a missing path is a UsageError."""
-    paths = list(paths) + (read_list(from_list) if from_list else [])
-    if not paths:
+    listed = read_list(from_list) if from_list else []
+    if not paths and not listed:
         raise UsageError("no input: give image files or folders, or --from-list FILE")
     found = Discovery()
     for path in paths:
         _given(Path(path), found, recursive)
+    for path in listed:
+        try:
+            _given(path, found, recursive)
+        except UsageError as exc:
+            raise UsageError(f"--from-list {from_list}: {exc}") from None
     unique = {f.name: f for f in found.files}
     found.files = sorted(unique.values(), key=lambda f: f.name)
     return found

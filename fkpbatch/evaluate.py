@@ -31,7 +31,7 @@ def _kaggle_predictions(predictor: Predictor, images) -> tuple[np.ndarray, np.nd
         crops = torch.stack(
             [to_uint8_tensor(crop_face(im, box, predictor.spec.input_size)) for im in images[start : start + 256]]
         )
-        unit, quality = predictor._keypoints(crops)
+        unit, quality = predictor.predict_crops(crops)
         preds.append(from_unit(unit, box))
         qualities.append(quality)
     names = predictor.spec.keypoints

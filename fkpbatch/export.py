@@ -1,14 +1,16 @@
 """ONNX export of a keypoint model, and the onnxruntime session that runs it on the CPU, where it
-measured 1.5x faster than PyTorch for fkpnet (benchmarks/RESULTS.md). Exports are cached: each
-one costs about 2 s of start-up."""
+measured 1.5x faster than PyTorch for fkpnet (benchmarks/RESULTS.md).
+
+The graph is exported into memory on every start (0.2-0.8 s for the shipped models, measured on 2
+busy cores) and never read from a cache, so no file outside the weights can change the results; before
+it is used, a fixed probe batch must give PyTorch's outputs through it. Nothing here touches the
+process's file descriptors, and Python state changed for the export (warnings, the exporter's
+log switch) is restored afterwards."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,13 +20,10 @@ import torch
 from torch import nn
 
 from .checkpoint import ModelSpec
-from .errors import OutputError
-from .fileio import atomic_write, write_bytes_atomic
-from .runtime import cpu_count
+from .fileio import write_bytes_atomic
+from .options import cpu_count
 
 OPSET = 17
-# A cache file: this magic line, the fingerprint line, the graph's SHA-256 line, then the graph.
-_CACHE_MAGIC = b"fkpbatch-onnx-cache-1\n"
 
 
 class _UInt8Graph(nn.Module):
@@ -58,7 +57,7 @@ def export_onnx(
     was_training = model.training
     dummy = torch.zeros(2, 1, spec.input_size, spec.input_size, dtype=torch.uint8)
     try:
-        with torch.no_grad(), warnings.catch_warnings(), _fixed_pools(model, graph, dummy), _quiet_output():
+        with torch.no_grad(), warnings.catch_warnings(), _fixed_pools(model, graph, dummy), _exporter_log_off():
             warnings.simplefilter("ignore")
             outputs = ["keypoints", "quality"][: len(graph(dummy))]
             torch.onnx.export(
@@ -111,123 +110,101 @@ def _fixed_pools(model: nn.Module, graph: nn.Module, dummy: torch.Tensor):
 
 
 @contextmanager
-def _quiet_output():
-    """The TorchScript exporter prints whole graphs ("Torch IR graph at exception", hundreds of
-    lines) from C++ to the process's stdout when it fails, which would corrupt CSV on stdout; its
-    output goes to a scratch file instead (file descriptors 1 and 2 are redirected meanwhile)."""
+def _exporter_log_off():
+    """The TorchScript exporter switches its C++ log on for every export (and leaves it on), then
+    prints whole graphs ("Torch IR graph at exception", hundreds of lines) to stdout when an export
+    fails, which would corrupt CSV on stdout. Its Python entry point for that log is replaced by a
+    no-op during the export, and the switch is put back as it was, so nothing is printed."""
+    switch = getattr(torch._C, "_jit_is_onnx_log_enabled", None)
+    was_on = switch() if switch is not None else None
+    log = getattr(torch._C, "_jit_onnx_log", None)
+    if log is not None:
+        torch._C._jit_onnx_log = lambda *args: None
+    try:
+        yield
+    finally:
+        if log is not None:
+            torch._C._jit_onnx_log = log
+        if was_on is not None and hasattr(torch._C, "_jit_set_onnx_log_enabled"):
+            torch._C._jit_set_onnx_log_enabled(was_on)
+
+
+def onnxruntime_module():
+    """``import onnxruntime``, without its import-time telemetry: onnxruntime (1.32) prints a warning
+    to stderr when it cannot store a telemetry device id under ``$XDG_CACHE_HOME`` (a read-only home),
+    which ``-q`` must not show. ``ORT_DISABLE_TELEMETRY`` is set for the import only (unless the user
+    set it) and the environment is put back as it was."""
     import sys
 
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
-    saved = []
+    if "onnxruntime" in sys.modules:
+        return sys.modules["onnxruntime"]
+    saved = os.environ.get("ORT_DISABLE_TELEMETRY")
+    if saved is None:
+        os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     try:
-        with tempfile.TemporaryFile() as sink:
-            for fd in (1, 2):
-                try:
-                    saved.append((fd, os.dup(fd)))
-                    os.dup2(sink.fileno(), fd)
-                except OSError:
-                    pass
-            yield
+        import onnxruntime
     finally:
-        for fd, copy in saved:
-            os.dup2(copy, fd)
-            os.close(copy)
+        if saved is None:
+            os.environ.pop("ORT_DISABLE_TELEMETRY", None)
+    return onnxruntime
 
 
-def cache_dir() -> Path:
-    """Where exported graphs are kept: ``$XDG_CACHE_HOME/fkpbatch`` (default ``~/.cache/fkpbatch``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fkpbatch"
+def session_options(threads: int | None = None):
+    """onnxruntime session options that print nothing below errors (no warnings on stderr under ``-q``)."""
+    ort = onnxruntime_module()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors and fatal only
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
 
 
-def _versions() -> list[str]:
-    """What the exported graph depends on besides the weights: the exporter and the runtime."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from . import __version__
-
-    found = [f"fkpbatch {__version__}", f"torch {torch.__version__}", f"opset {OPSET}"]
-    for package in ("onnx", "onnxruntime", "onnxscript"):
-        try:
-            found.append(f"{package} {version(package)}")
-        except PackageNotFoundError:
-            found.append(f"{package} none")
-    return found
+# Keypoints (unit coordinates of the crop) and quality of the ONNX graph may differ from PyTorch's by
+# float rounding only (measured ~1e-6); a graph off by more is not the model.
+PROBE_TOLERANCE = 1e-3
 
 
-def _fingerprint(model: nn.Module, spec: ModelSpec) -> str:
-    """A hash of the weights' content, the spec and the versions of fkpbatch (the graph wrapper),
-    torch (the exporter) and onnx/onnxruntime: a cache entry matches exactly one of each."""
-    digest = hashlib.sha256(json.dumps([spec.to_dict(), _versions()]).encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+def probe_batch(spec: ModelSpec) -> torch.Tensor:
+    """A fixed batch of uint8 crops (a gradient, noise, black) to compare two runtimes on."""
+    size = spec.input_size
+    ramp = torch.linspace(0, 255, size).round().to(torch.uint8).expand(size, size)
+    noise = torch.randint(0, 256, (size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    return torch.stack([ramp, noise, torch.zeros_like(ramp)]).unsqueeze(1).contiguous()
 
 
-def _read_cached(path: Path, fingerprint: str) -> bytes | None:
-    """The graph in a cache file, or None unless the file is a regular file (not a link) that
-    names this very fingerprint and whose graph still has the recorded SHA-256: a stale, swapped,
-    planted or damaged entry is never used."""
+def check_graph(session, model: nn.Module, spec: ModelSpec) -> None:
+    """Raise ValueError unless ``session`` gives ``model``'s outputs on :func:`probe_batch`."""
+    crops = probe_batch(spec)
+    was_training = model.training
     try:
-        if path.is_symlink() or not path.is_file():
-            return None
-        data = path.read_bytes()
-    except OSError:
-        return None
-    head = _CACHE_MAGIC + fingerprint.encode() + b"\n"
-    if not data.startswith(head):
-        return None
-    digest, _, graph = data[len(head) :].partition(b"\n")
-    return graph if digest == hashlib.sha256(graph).hexdigest().encode() else None
-
-
-def cached_onnx(model: nn.Module, spec: ModelSpec, refresh: bool = False) -> bytes:
-    """The model's ONNX graph from the cache, or exported (and cached when the folder is
-    writable) on a miss or with ``refresh``. Entries are keyed by :func:`_fingerprint` and
-    checked on every read; they are written atomically (exclusive temporary file + rename)."""
-    fingerprint = _fingerprint(model, spec)
-    path = cache_dir() / f"{spec.arch}-{fingerprint[:32]}.onnx"
-    graph = None if refresh else _read_cached(path, fingerprint)
-    if graph is not None:
-        return graph
-    buffer = io.BytesIO()
-    export_onnx(model, spec, buffer)
-    graph = buffer.getvalue()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, overwrite=True) as handle:
-            handle.write(
-                _CACHE_MAGIC + fingerprint.encode() + b"\n" + hashlib.sha256(graph).hexdigest().encode() + b"\n"
-            )
-            handle.write(graph)
-    except (OSError, OutputError):
-        pass  # read-only home: export again next time
-    return graph
+        device = next(model.parameters(), torch.empty(0)).device
+        with torch.no_grad():
+            outputs = _UInt8Graph(model.eval(), spec.pixel_scale)(crops.to(device))
+            expected = [t.float().cpu().numpy() for t in outputs]
+    finally:
+        model.train(was_training)
+    got = session.run(None, {"images": crops.numpy()})
+    if len(got) != len(expected):
+        raise ValueError(f"the ONNX graph has {len(got)} outputs, the model {len(expected)}")
+    for ours, theirs in zip(got, expected):
+        if ours.shape != theirs.shape or not np.allclose(ours, theirs, rtol=0, atol=PROBE_TOLERANCE):
+            raise ValueError("the ONNX graph does not compute the model's outputs")
 
 
 class OnnxKeypoints:
-    """Runs an exported model with onnxruntime; same inputs and outputs as the torch path."""
+    """Runs an exported model with onnxruntime; same inputs and outputs as the torch path. The graph
+    is exported from ``model`` here, in memory, and checked against it (:func:`check_graph`); an
+    export that fails or disagrees raises, and the caller runs PyTorch instead."""
 
     def __init__(self, model: nn.Module, spec: ModelSpec):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = cpu_count()
+        ort = onnxruntime_module()
+        options = session_options(cpu_count())
         # Idle threads sleep instead of spinning: the DataLoader workers need those cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-
-        def session(graph: bytes):
-            return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
-        try:
-            self.session = session(cached_onnx(model, spec))
-        except Exception:  # noqa: BLE001 - a damaged cached graph only costs a new export
-            self.session = session(cached_onnx(model, spec, refresh=True))
+        buffer = io.BytesIO()
+        export_onnx(model, spec, buffer)
+        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        check_graph(self.session, model, spec)
 
     def __call__(self, crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         outputs = self.session.run(None, {"images": crops.numpy()})

@@ -69,6 +69,15 @@ def write_bytes_atomic(path: Path, data: bytes | str, **options) -> None:
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux's
+    /proc/self/status); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -7,7 +7,8 @@ Light on purpose (no torch): the CLI imports it to build its options.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import TypeVar
 
@@ -174,40 +175,61 @@ UNSURE_QUALITY = 0.2
 UNSURE_SIZE = 0.3
 
 
-def _default_workers() -> int:
-    from .runtime import default_workers
+def cpu_count() -> int:
+    """Cores this process may use (respects affinity masks and container limits)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
-    return default_workers()
+
+def default_workers() -> int:
+    """One DataLoader worker per core (decode, detect and crop are the CPU side of a GPU run: a
+    16-core GPU machine needs all 16 to feed it; on the CPU the keypoint model shares the cores)."""
+    return cpu_count()
+
+
+def _option(default, help: str):
+    """A PredictOptions field whose ``help`` is also the CLI's ``--help`` text (one declaration)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """How images become faces. Build by keyword; ``fkpbatch predict --help`` explains each field
-    and uses these defaults. Strings are accepted for the Enum fields and checked."""
+    """How images become faces. Build by keyword (strings are accepted for the Enum fields and
+    checked); each field's ``help`` (:func:`option_help`) is what ``fkpbatch predict --help`` says."""
 
-    detect: Detect = Detect.auto
-    """auto | always | never (see :class:`Detect`)."""
-    faces: Faces = Faces.all
-    """all | largest."""
-    min_score: float = DEFAULT_MIN_SCORE
-    """Minimum face detection score."""
-    min_face: int = 20
-    """Ignore detected faces whose box side is smaller (pixels)."""
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    """Larger images are refused as error rows (decompression bombs)."""
-    batch_size: int = 64
-    """Images per batch."""
-    workers: int | None = None
-    """DataLoader worker processes; None = one per core; 0 = decode in this process."""
-    passes: Passes = Passes.auto
-    """Detector passes on large photos (see :class:`Passes`)."""
-    unsure_score: float = UNSURE_SCORE
-    """"Only faces become rows": a detection scored under this whose keypoint quality is under
-    ``unsure_quality`` is dropped when the picture holds a clear face at a similar scale; 0 keeps all."""
-    unsure_quality: float = UNSURE_QUALITY
-    """See ``unsure_score``."""
-    detect_on: DetectOn = DetectOn.auto
-    """Where faces are detected (see :class:`DetectOn`); the same faces either way."""
+    detect: Detect = _option(
+        Detect.auto,
+        "auto: detect faces; an image <= 400 px with none found is taken as one tight face crop. always: detect "
+        "only. never: the whole image is one face (Kaggle-style crops).",
+    )
+    faces: Faces = _option(Faces.all, "largest = one face per image (the largest clear face).")
+    min_score: float = _option(DEFAULT_MIN_SCORE, "Minimum face detection score.")
+    min_face: int = _option(20, "Ignore detected faces smaller than this (box side, pixels).")
+    max_pixels: int = _option(DEFAULT_MAX_PIXELS, "Refuse images with more pixels (decompression bombs) as error rows.")
+    batch_size: int = _option(64, "Images per batch.")
+    workers: int | None = _option(None, "DataLoader worker processes (default: one per core; 0 = none).")
+    passes: Passes = _option(
+        Passes.auto,
+        "Detector passes on large photos: auto = a 480-px pass, and a finer one (up to 1600 px) only where small "
+        "faces are likely; one; two = always both.",
+    )
+    unsure_score: float = _option(
+        UNSURE_SCORE,
+        "A detection scored below this whose keypoint quality is under 0.2 is not a face when the picture holds a "
+        "clear face at a similar scale (a painting, the back of a head); 0 keeps them all.",
+    )
+    unsure_quality: float = _option(UNSURE_QUALITY, "See unsure_score.")
+    detect_on: DetectOn = _option(
+        DetectOn.auto,
+        "Where faces are detected: auto = workers = onnxruntime on the CPU, one image at a time (measured faster "
+        "on a 16-core GPU machine); device = the detector on --device (e.g. the GPU), whole batches at once, the "
+        "workers only decode (for few CPU cores per GPU).",
+    )
+    pose: bool = _option(
+        False, "Add each face's head pose: yaw, pitch, roll in degrees (docs/outputs.md says which way is +)."
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "detect", Detect.parse(self.detect, "--detect"))
@@ -215,8 +237,18 @@ class PredictOptions:
         object.__setattr__(self, "passes", Passes.parse(self.passes, "--passes"))
         object.__setattr__(self, "detect_on", DetectOn.parse(self.detect_on, "--detect-on"))
         if self.workers is None:
-            object.__setattr__(self, "workers", _default_workers())
+            object.__setattr__(self, "workers", default_workers())
         if self.batch_size < 1 or self.workers < 0:
             raise UsageError("--batch-size must be at least 1 and --workers at least 0")
         if not 0.0 <= self.min_score <= 1.0 or self.min_face < 0 or self.max_pixels < 1:
             raise UsageError("--min-score must be in 0..1, --min-face at least 0 and --max-pixels at least 1")
+
+
+def option_help(name: str) -> str:
+    """The ``--help`` text of PredictOptions field ``name``."""
+    return next(f.metadata["help"] for f in fields(PredictOptions) if f.name == name)
+
+
+def predict_options(values: dict) -> PredictOptions:
+    """PredictOptions from a mapping that holds (at least) every field, e.g. a command's arguments."""
+    return PredictOptions(**{f.name: values[f.name] for f in fields(PredictOptions)})

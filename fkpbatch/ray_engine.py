@@ -18,14 +18,15 @@ import pandas as pd
 import torch
 
 from .checkpoint import ModelSpec, load_model
+from .cropping import FaceCropper
 from .discover import InputFile, discover
-from .engine import DEFAULT_WEIGHTS, RUNTIMES, FaceCropper, Predictor
+from .engine import Predictor
 from .errors import UsageError
 from .keypoints import has_ibug68
-from .options import PredictOptions
-from .results import CropRecord
+from .options import PredictOptions, Runtime
+from .results import CropRecord, RowLayout
 from .transforms import Box
-from .writers import RowLayout
+from .zoo import resolve_weights
 
 RAY_FORMATS = ("csv", "jsonl", "parquet")
 
@@ -132,9 +133,8 @@ def run_ray(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UsageError(f"{out_dir} is not empty; Ray writes its shards into a new or empty folder")
     options = options or PredictOptions()
-    weights = Path(weights or DEFAULT_WEIGHTS)
-    if runtime not in RUNTIMES:
-        raise UsageError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    weights = resolve_weights(weights)
+    runtime = Runtime.parse(runtime, "--runtime")
     if runtime == "onnxruntime" and (num_gpus or device not in ("auto", "cpu")):
         raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu and no --num-gpus")
     _, model_spec = load_model(weights)  # checked here, once: the actors would each fail alike

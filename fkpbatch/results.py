@@ -2,12 +2,13 @@
 workers (DataLoader workers, Ray tasks) hand to the keypoint model.
 
 This module imports neither the engine nor the writers (nor torch), so both can import it. Results
-serialise themselves in the output layout: :meth:`ImageResult.to_rows` gives the CSV rows,
-:meth:`ImageResult.to_dict` the JSON object (the layout itself lives in ``fkpbatch.writers``).
+own their output layout (:class:`RowLayout`, :func:`columns_for`): :meth:`ImageResult.to_rows`
+gives the CSV rows, :meth:`ImageResult.to_dict` the JSON object; the writers only quote and store them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,14 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .discover import InputFile
-from .keypoints import IBUG_POINTS, KAGGLE_POINTS
+from .keypoints import IBUG_POINTS, KAGGLE_POINTS, coordinate_columns
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
     from .transforms import Box
 
-__all__ = ["CropRecord", "FaceResult", "ImageResult", "Status"]
+__all__ = ["CropRecord", "FaceResult", "ImageResult", "RowLayout", "Status", "columns_for"]
 
 Status = str
 """``ok`` | ``no_face`` | ``error`` | ``skipped`` (a file in a folder that is not an image)."""
@@ -64,6 +66,13 @@ class FaceResult:
         """Keypoints by name: ``face.points["nose_tip"]`` -> ``(x, y)`` (a new dict on each call)."""
         return {name: (float(x), float(y)) for name, (x, y) in zip(self.names, self.keypoints)}
 
+    def aligned(self, image: Image.Image, size: int = 112) -> Image.Image:
+        """The ArcFace-aligned ``size`` x ``size`` RGB crop of this face from ``image`` (the upright
+        picture its keypoints refer to): :func:`fkpbatch.align.align_face`."""
+        from .align import align_face
+
+        return align_face(image, self, size)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values: ``{box: [x, y, w, h], score, quality, keypoints: {name: [x, y]}}`` (unrounded)."""
         return {
@@ -100,21 +109,15 @@ class ImageResult:
 
     def columns(self, points: str = "15") -> list[str]:
         """The CSV header these rows belong to (``points``: ``"15"`` or ``"68"``)."""
-        from .writers import columns_for
-
         return columns_for(self._names(), str(points))
 
     def to_rows(self, points: str = "15") -> list[list]:
         """The CSV rows of this image, exactly as ``fkpbatch predict`` writes them (one per face, or
         one for an image without faces), aligned with :meth:`columns`."""
-        from .writers import RowLayout
-
         return RowLayout(self._names(), str(points)).rows(self)
 
     def to_dict(self, points: str = "15") -> dict[str, Any]:
         """The JSON object of this image, exactly as ``-o out.json`` / ``out.jsonl`` writes it."""
-        from .writers import RowLayout
-
         return RowLayout(self._names(), str(points)).object(self)
 
 
@@ -139,3 +142,92 @@ class CropRecord:
     """(F, 1, S, S) uint8 face crops; taken out by the collate function before batching."""
     index: int = -1
     """Position of the image in its input list (set by the dataset)."""
+
+
+BASE_COLUMNS = ["image", "face", "status", "error", "width", "height", "score", "box_x", "box_y", "box_w", "box_h"]
+
+
+def columns_for(keypoints: tuple[str, ...], points: str = "15") -> list[str]:
+    """The CSV header: base columns, the 30 Kaggle columns, quality, then p0_x..p67_y with 68 points."""
+    extra = [n for n in keypoints if n not in KAGGLE_POINTS] if points == "68" else []
+    return BASE_COLUMNS + coordinate_columns(KAGGLE_POINTS) + ["quality"] + coordinate_columns(extra)
+
+
+def _number(value, digits: int = 2):
+    return (
+        "" if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), digits)
+    )
+
+
+class RowLayout:
+    """How results become CSV rows and JSON objects for one model and ``--points`` choice.
+
+    Built once per run, so the column-to-keypoint lookup is not redone for every image.
+    """
+
+    def __init__(self, keypoints: tuple[str, ...], points: str = "15"):
+        self.columns = columns_for(keypoints, points)
+        position = {name: i for i, name in enumerate(keypoints)}
+        # per column after the base ones: "quality", or the flat (x, y, x, y, ...) index, or None
+        self._cells = [
+            "quality" if c == "quality" else (2 * position[c[:-2]] + (c[-1] == "y") if c[:-2] in position else None)
+            for c in self.columns[len(BASE_COLUMNS) :]
+        ]
+        written = {c[:-2] for c in self.columns if c.endswith("_x")}
+        self._json_points = [(n, i) for i, n in enumerate(keypoints) if n in written]
+
+    def rows(self, result: ImageResult) -> list[list]:
+        """One row per face (or one row for an image without faces), aligned with ``columns``."""
+        head = [
+            result.image,
+            0,
+            result.status,
+            result.error.replace("\n", " "),
+            result.width or "",
+            result.height or "",
+        ]
+        if not result.faces:
+            return [head + [""] * (len(self.columns) - len(head))]
+        rows = []
+        for index, face in enumerate(result.faces):
+            flat = face.keypoints.reshape(-1)
+            values = [
+                _number(face.quality, 3) if cell == "quality" else ("" if cell is None else _number(flat[cell]))
+                for cell in self._cells
+            ]
+            rows.append(
+                [
+                    result.image,
+                    index,
+                    result.status,
+                    "",
+                    result.width,
+                    result.height,
+                    _number(face.score, 4),
+                    *(_number(v) for v in face.box.as_list()),
+                    *values,
+                ]
+            )
+        return rows
+
+    def object(self, result: ImageResult) -> dict:
+        """The JSON object of one image: ``{image, width, height, status, error, faces: [...]}``."""
+        faces = []
+        for face in result.faces:
+            points = {n: [_number(face.keypoints[i, 0]), _number(face.keypoints[i, 1])] for n, i in self._json_points}
+            faces.append(
+                {
+                    "box": [_number(v) for v in face.box.as_list()],
+                    "score": _number(face.score, 4),
+                    "quality": _number(face.quality, 3),
+                    "keypoints": points,
+                }
+            )
+        return {
+            "image": result.image,
+            "width": result.width,
+            "height": result.height,
+            "status": result.status,
+            "error": result.error,
+            "faces": faces,
+        }

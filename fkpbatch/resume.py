@@ -24,6 +24,9 @@ from .writers import unprotect
 
 SIDECAR_SUFFIX = ".fkpbatch.json"
 SIDECAR_KIND = "fkpbatch output"
+# How names are written (the sidecar's "names"): after 0.3.0, a backslash in a file name is doubled, so
+# that "\\xNN" only stands for a byte that is not UTF-8 (discover.display_name). Older sidecars lack it.
+NAMES = "backslash-escaped"
 STATUSES = frozenset({"ok", "no_face", "error"})
 JSON_KEYS = frozenset({"image", "width", "height", "status", "error", "faces"})
 # parameter -> how the user sets it, for the message when --resume finds another run's parameters
@@ -161,9 +164,12 @@ def read_sidecar(out: Path) -> dict | None:
     return record
 
 
-def write_sidecar(out: Path, params: dict, columns: list[str], clean_bytes: int | None) -> None:
+def write_sidecar(
+    out: Path, params: dict, columns: list[str], clean_bytes: int | None, *, names: str | None = NAMES
+) -> None:
     """Record how ``out`` is made; ``clean_bytes``: its length when it ended on a whole batch
-    (None while a run writes it, so that a killed run's last image is redone by --resume)."""
+    (None while a run writes it, so that a killed run's last image is redone by --resume);
+    ``names``: how its names are escaped (None: as up to 0.3.0, not recorded)."""
     from . import __version__
 
     record = {
@@ -173,6 +179,8 @@ def write_sidecar(out: Path, params: dict, columns: list[str], clean_bytes: int 
         "columns": columns,
         "clean_bytes": clean_bytes,
     }
+    if names is not None:
+        record["names"] = names
     write_bytes_atomic(sidecar_path(out), json.dumps(record, indent=1, ensure_ascii=False) + "\n", overwrite=True)
 
 
@@ -232,6 +240,11 @@ def open_existing(out: Path, fmt: str, params: dict, columns: list[str], inputs,
         clean = record.get("clean_bytes") == len(data)
         scan = {"csv": _scan_csv, "jsonl": _scan_jsonl, "json": _scan_json}[fmt]
         existing = scan(out, data, columns, safe=safe, clean=clean)
+        if record.get("names") != NAMES and any("\\" in name for name in existing.done | {existing.dropped or ""}):
+            raise OutputError(
+                f"{out} was written by an older fkpbatch, which wrote a backslash in a file name as one \\ "
+                "(now \\\\, so that \\xNN only means a byte): its names cannot be matched; choose another -o"
+            )
     except BaseException:
         os.close(fd)
         raise

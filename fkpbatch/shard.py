@@ -18,7 +18,9 @@ from .discover import InputFile
 from .errors import OutputError, UsageError
 from .fileio import write_bytes_atomic
 from .resume import (
+    JSON_KEYS,
     SIDECAR_SUFFIX,
+    STATUSES,
     OutputLock,
     check_folder,
     describe_differences,
@@ -49,25 +51,55 @@ def select_shard(files: list[InputFile], index: int, count: int) -> list[InputFi
     return [f for f in files if shard_of(f.name, count) == index]
 
 
+# The columns every fkpbatch CSV starts with (and JSON keys): a file without them is not a shard output.
+_FIRST_COLUMNS = ["image", "face", "status", "error"]
+
+
 def _read_output(path: Path) -> tuple[list[str] | None, list, str, dict | None, str | None]:
     """(CSV header or None, records, format, sidecar or None, image left out) of one shard output.
     A torn last record is ignored; so is the last image of a run that did not end cleanly (its
-    sidecar says so), which may lack faces: merge reports it, --resume on that shard redoes it."""
+    sidecar says so), which may lack faces: merge reports it, --resume on that shard redoes it.
+    A file that is not fkpbatch output (empty without a sidecar, other columns, JSON lines where
+    CSV is expected, rows of another shape) is a UsageError naming the file and why."""
     record = read_sidecar(path)
     suffix = path.suffix.lower().lstrip(".")
     fmt = record["params"].get("format") if record else suffix if suffix in ("json", "jsonl") else "csv"
     if fmt not in ("csv", "jsonl"):
         raise UsageError(f"{path}: merge combines CSV or JSONL outputs, not {fmt}")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not data and record is None:
+        raise UsageError(f"{path}: an empty file, not an fkpbatch output")
     try:
         if fmt == "jsonl":  # split on line feeds only: JSON escapes CR and LF, not U+2028 or U+0085
             end = data.rfind(b"\n") + 1
-            return None, [json.loads(line.decode("utf-8")) for line in data[:end].split(b"\n")[:-1]], fmt, record, None
+            objects = [json.loads(line.decode("utf-8")) for line in data[:end].split(b"\n")[:-1]]
+            for number, obj in enumerate(objects, start=1):
+                if not isinstance(obj, dict) or set(obj) != JSON_KEYS or obj["status"] not in STATUSES:
+                    raise UsageError(f"{path}: line {number} is not an fkpbatch image record")
+                if not isinstance(obj["image"], str):
+                    raise UsageError(f"{path}: line {number} is not an fkpbatch image record")
+            return None, objects, fmt, record, None
         ends = record_ends(data)  # a CR or LF inside a quoted name is not the end of a record
         rows = list(csv.reader(io.StringIO(data[: ends[-1]].decode("utf-8") if ends else "", newline="")))
     except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError
-        raise UsageError(f"{path}: not an fkpbatch output ({exc})") from None
+        raise UsageError(f"{path}: not an fkpbatch {fmt} output ({str(exc).splitlines()[0][:120]})") from None
+    except csv.Error as exc:
+        raise UsageError(f"{path}: not an fkpbatch CSV output ({exc})") from None
     header, rows, dropped = (rows[0] if rows else None), rows[1:], None
+    expected = record.get("columns") if record is not None else None
+    if header is None:
+        if data:  # bytes but no complete line
+            raise UsageError(f"{path}: not an fkpbatch CSV output (no complete header line)")
+        header = expected if isinstance(expected, list) else None  # created, then the run died: no rows
+    elif header[:4] != _FIRST_COLUMNS or "quality" not in header or (expected and header != expected):
+        why = "JSON lines, not CSV" if data.lstrip().startswith(b"{") else f"its header starts {','.join(header[:4])!r}"
+        raise UsageError(f"{path}: not an fkpbatch CSV output ({why})")
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header) or not row[1].isdigit() or row[2] not in STATUSES:
+            raise UsageError(f"{path}: record {number} is not an fkpbatch row ({len(row)} fields)")
     if record is not None and record.get("clean_bytes") != len(data) and rows:
         dropped = rows[-1][0]
         while rows and rows[-1][0] == dropped:
@@ -100,7 +132,9 @@ def expected_outputs(files: list[InputFile]) -> list[str]:
     """The names a complete run writes rows for: not the FIFOs and other files predict never
     opens, and not the files found in a folder walk that predict skips as not images (checked
     by content, as predict does)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from .decode import open_image
 
     names = []
     for item in files:
@@ -108,12 +142,12 @@ def expected_outputs(files: list[InputFile]) -> list[str]:
             continue
         if item.skip_if_not_image and not item.error:
             try:
-                with Image.open(item.path):
+                with open_image(item.path):
                     pass
             except UnidentifiedImageError:
                 continue
-            except OSError:
-                pass  # unreadable: predict writes an error row for it
+            except Exception:  # noqa: BLE001 - unreadable or refused: predict writes an error row for it
+                pass
         names.append(item.name)
     return names
 
@@ -162,6 +196,14 @@ def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite:
         header, fmt = header or head, kind
         records += [(path, r) for r in rows]
         dropped += [(path, left_out)] if left_out is not None else []
+    if fmt == "csv" and header is None:
+        raise UsageError(f"{inputs[0]}: no header line in any shard output; nothing to merge")
+    schemes = {record.get("names") for _, record in runs} | ({None} if len(runs) < len(inputs) else set())
+    if len(schemes) > 1 and any("\\" in (r["image"] if fmt == "jsonl" else r[0]) for _, r in records):
+        raise UsageError(
+            "the shard outputs were written by fkpbatch versions that write a backslash in a file name "
+            "differently (\\ up to 0.3.0, \\\\ since): rerun the older shards with this version"
+        )
     suffix = out.suffix.lower().lstrip(".")
     if suffix in ("csv", "json", "jsonl") and suffix != fmt:
         raise UsageError(f"-o {out}: the shard outputs are {fmt}; name the merged file .{fmt}")
@@ -188,7 +230,9 @@ def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite:
         )
     write_bytes_atomic(out, text, overwrite=overwrite, inputs=inputs)
     if runs and len(runs) == len(inputs):  # the merged file is an output of the same run: --resume continues it
-        write_sidecar(out, runs[0][1]["params"], runs[0][1].get("columns") or header, len(text.encode("utf-8")))
+        first = runs[0][1]
+        size = len(text.encode("utf-8"))
+        write_sidecar(out, first["params"], first.get("columns") or header, size, names=first.get("names"))
     incomplete = Counter(shard_of(name, shards) for name in missing)
     return {
         "images": len(owners),

@@ -20,12 +20,12 @@ from .augment import TrainAugment
 from .checkpoint import ModelSpec, load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig
 from .datasets import FaceDataset, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
+from .devices import autocast, resolve_device, to_model_input
 from .errors import DataError, FkpError, TrainingDiverged, UsageError
 from .fileio import write_bytes_atomic
 from .keypoints import KAGGLE_POINTS, has_ibug68, points_for
 from .metrics import nme_per_face, rmse
 from .progress import LineProgress
-from .runtime import autocast, resolve_device, to_model_input
 from .transforms import Framing
 from .zoo import SHIPPED_MODELS, model_path
 
@@ -340,15 +340,21 @@ RECIPES = {
 
 
 def _init_settings(init: str) -> dict:
-    """What fine-tuning ``init`` implies unless the user says otherwise: its architecture, points and
-    input size (``--init accurate`` fine-tunes fkpnet_wide at 128 px with 68 points). A file that
-    is not a readable checkpoint implies nothing; loading it later says what is wrong."""
+    """What fine-tuning ``init`` implies unless the user says otherwise: its architecture, points,
+    input size and framing (``--init accurate`` fine-tunes fkpnet_wide at 128 px with 68 points). A
+    file that is not a readable checkpoint implies nothing; loading it later says what is wrong."""
     try:
         spec = ModelSpec.from_dict(load_checkpoint(init).get("spec"))
     except FkpError:
         return {}
     points = "68" if has_ibug68(spec.keypoints) else "15"
-    return {"arch": spec.arch, "points": points, "input_size": spec.input_size}
+    return {
+        "arch": spec.arch,
+        "points": points,
+        "input_size": spec.input_size,
+        "framing_scale": spec.framing.scale,
+        "framing_shift": spec.framing.shift,
+    }
 
 
 def build_config(data: tuple[str, ...], recipe: str | None = None, **overrides) -> TrainConfig:

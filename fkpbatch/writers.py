@@ -8,7 +8,6 @@ or is interrupted. CSV text cells are made spreadsheet-safe (:func:`protect`) un
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 from . import interrupts
 from .errors import OutputError, UsageError
 from .fileio import atomic_write
-from .keypoints import KAGGLE_POINTS, coordinate_columns
+from .results import RowLayout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,95 +26,6 @@ if TYPE_CHECKING:
     from .results import ImageResult
 
 FORMATS = ("csv", "json", "jsonl")
-BASE_COLUMNS = ["image", "face", "status", "error", "width", "height", "score", "box_x", "box_y", "box_w", "box_h"]
-
-
-def columns_for(keypoints: tuple[str, ...], points: str = "15") -> list[str]:
-    """The CSV header: base columns, the 30 Kaggle columns, quality, then p0_x..p67_y with 68 points."""
-    extra = [n for n in keypoints if n not in KAGGLE_POINTS] if points == "68" else []
-    return BASE_COLUMNS + coordinate_columns(KAGGLE_POINTS) + ["quality"] + coordinate_columns(extra)
-
-
-def _number(value, digits: int = 2):
-    return (
-        "" if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), digits)
-    )
-
-
-class RowLayout:
-    """How results become CSV rows and JSON objects for one model and ``--points`` choice.
-
-    Built once per run, so the column-to-keypoint lookup is not redone for every image.
-    """
-
-    def __init__(self, keypoints: tuple[str, ...], points: str = "15"):
-        self.columns = columns_for(keypoints, points)
-        position = {name: i for i, name in enumerate(keypoints)}
-        # per column after the base ones: "quality", or the flat (x, y, x, y, ...) index, or None
-        self._cells = [
-            "quality" if c == "quality" else (2 * position[c[:-2]] + (c[-1] == "y") if c[:-2] in position else None)
-            for c in self.columns[len(BASE_COLUMNS) :]
-        ]
-        written = {c[:-2] for c in self.columns if c.endswith("_x")}
-        self._json_points = [(n, i) for i, n in enumerate(keypoints) if n in written]
-
-    def rows(self, result: ImageResult) -> list[list]:
-        """One row per face (or one row for an image without faces), aligned with ``columns``."""
-        head = [
-            result.image,
-            0,
-            result.status,
-            result.error.replace("\n", " "),
-            result.width or "",
-            result.height or "",
-        ]
-        if not result.faces:
-            return [head + [""] * (len(self.columns) - len(head))]
-        rows = []
-        for index, face in enumerate(result.faces):
-            flat = face.keypoints.reshape(-1)
-            values = [
-                _number(face.quality, 3) if cell == "quality" else ("" if cell is None else _number(flat[cell]))
-                for cell in self._cells
-            ]
-            rows.append(
-                [
-                    result.image,
-                    index,
-                    result.status,
-                    "",
-                    result.width,
-                    result.height,
-                    _number(face.score, 4),
-                    *(_number(v) for v in face.box.as_list()),
-                    *values,
-                ]
-            )
-        return rows
-
-    def object(self, result: ImageResult) -> dict:
-        """The JSON object of one image: ``{image, width, height, status, error, faces: [...]}``."""
-        faces = []
-        for face in result.faces:
-            points = {n: [_number(face.keypoints[i, 0]), _number(face.keypoints[i, 1])] for n, i in self._json_points}
-            faces.append(
-                {
-                    "box": [_number(v) for v in face.box.as_list()],
-                    "score": _number(face.score, 4),
-                    "quality": _number(face.quality, 3),
-                    "keypoints": points,
-                }
-            )
-        return {
-            "image": result.image,
-            "width": result.width,
-            "height": result.height,
-            "status": result.status,
-            "error": result.error,
-            "faces": faces,
-        }
-
-
 # A CSV cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP
 # "CSV injection"); ' itself is included so that protect() can be undone exactly.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -215,4 +216,55 @@ def test_annotate_writes_the_contact_sheet_beside_the_pictures(tmp_path):
     assert page.count("<figure") == len(table)
     shown = [float(q) for q in __import__("re").findall(r"<b>q ([0-9.]+)</b>", page)]
     assert shown == sorted(round(q, 3) for q in table["quality"])
-    assert 'href="examples/couple.jpg"' in page and (out / "examples" / "couple.jpg").exists()
+    assert 'href="./examples/couple.jpg"' in page and (out / "examples" / "couple.jpg").exists()
+
+
+class _Links(HTMLParser):
+    """The contact sheet's links (href, text) and image alt texts, as a browser parses them."""
+
+    def __init__(self):
+        super().__init__()
+        self.links, self.alts, self._href = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "a":
+            self._href = attrs["href"]
+            self.links.append([self._href, ""])
+        elif tag == "img":
+            self.alts.append(attrs["alt"])
+
+    def handle_endtag(self, tag):
+        if tag == "a":
+            self._href = None
+
+    def handle_data(self, data):
+        if self._href is not None:
+            self.links[-1][1] += data
+
+
+def test_contact_sheet_links_reach_their_files_whatever_the_names(tmp_path, tiny_weights):
+    from urllib.parse import unquote, urlsplit
+
+    from typer.testing import CliRunner
+
+    from fkpbatch.cli import app
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = ["javascript:alert(1).jpg", "a#b.jpg", "c?d.jpg", "e%20f.jpg", "<i>.jpg", 'q"uote.jpg', "r&amp;s.jpg"]
+    for index, name in enumerate(names):
+        Image.new("RGB", (48, 48), (40 * index, 90, 90)).save(folder / name, format="JPEG")
+    out = tmp_path / "annotated"
+    options = ["-w", str(tiny_weights), "--detect", "never", "--workers", "0", "-q", "-o", str(tmp_path / "k.csv")]
+    result = CliRunner().invoke(app, ["predict", str(folder), "--annotate", str(out), *options])
+    assert result.exit_code == 0, result.output
+    page = _Links()
+    page.feed((out / "index.html").read_text())
+    assert sorted(text for _, text in page.links) == sorted(f"{folder}/{name}" for name in names)
+    assert sorted(alt.rsplit(" face ", 1)[0] for alt in page.alts) == sorted(f"{folder}/{name}" for name in names)
+    for href, text in page.links:
+        assert href.startswith("./") and not urlsplit(href).scheme and not urlsplit(href).fragment, href
+        assert not urlsplit(href).query, href
+        target = out / unquote(href)
+        assert target.is_file() and target.name == text.rsplit("/", 1)[1], (href, text)

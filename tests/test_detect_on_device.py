@@ -12,7 +12,8 @@ from fkpbatch import device_detect
 from fkpbatch.cli import app
 from fkpbatch.decode import load_image
 from fkpbatch.detect import Decode, FaceDetector, Pass, make_canvas
-from fkpbatch.engine import FaceCropper, PredictOptions, Predictor
+from fkpbatch.cropping import FaceCropper
+from fkpbatch.engine import PredictOptions, Predictor
 from fkpbatch.errors import DecodeError
 
 from conftest import REPO, gradient_image, need_data
@@ -91,13 +92,13 @@ def test_device_detection_gives_the_workers_rows_on_the_examples(predictor, tmp_
 
 def test_workers_started_by_forkserver_give_the_same_rows(predictor, tmp_path, monkeypatch):
     """On CUDA the workers start from a forkserver: both sources and their batches must pickle."""
-    from fkpbatch import engine
+    from fkpbatch import cropping
 
-    assert engine.worker_start_method(torch.device("cuda")) == "forkserver"
-    assert engine.worker_start_method(torch.device("cpu")) is None
+    assert cropping.worker_start_method(torch.device("cuda")) == "forkserver"
+    assert cropping.worker_start_method(torch.device("cpu")) is None
     folder = _mixed_folder(tmp_path / "in")
     forked = _both(predictor, [folder], workers=2)
-    monkeypatch.setattr(engine, "worker_start_method", lambda device: "forkserver")
+    monkeypatch.setattr(cropping, "worker_start_method", lambda device: "forkserver")
     started = _both(predictor, [folder], workers=2)
     for a, b in zip(forked, started):
         assert_same_rows(a, b)
@@ -177,7 +178,7 @@ def test_later_rounds_are_split_to_fit_the_canvas_budget(monkeypatch):
 
 
 def test_a_worker_sends_the_first_pass_and_the_grayscale_picture(predictor):
-    from fkpbatch.engine import input_files
+    from fkpbatch.inputs import input_files
 
     source = device_detect.FrameSource(input_files(EXAMPLES), predictor.spec, PredictOptions(workers=0))
     records = [source[0], source[1]]

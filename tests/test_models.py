@@ -30,8 +30,8 @@ def test_onnxruntime_and_torch_paths_agree(tiny_weights):
     from fkpbatch.engine import Predictor
 
     crops = torch.randint(0, 256, (5, 1, 48, 48), dtype=torch.uint8)
-    onnx_points, onnx_quality = Predictor.load(tiny_weights, "cpu", "onnxruntime")._keypoints(crops)
-    torch_points, torch_quality = Predictor.load(tiny_weights, "cpu", "torch")._keypoints(crops)
+    onnx_points, onnx_quality = Predictor.load(tiny_weights, "cpu", "onnxruntime").predict_crops(crops)
+    torch_points, torch_quality = Predictor.load(tiny_weights, "cpu", "torch").predict_crops(crops)
     assert onnx_points.shape == (5, 15, 2)
     assert abs(onnx_points - torch_points).max() < 1e-4 and abs(onnx_quality - torch_quality).max() < 1e-4
 
@@ -69,23 +69,86 @@ def test_auto_runtime_falls_back_to_torch_when_export_fails(tmp_path, monkeypatc
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     predictor = Predictor.load(path, "cpu", "auto")
     assert predictor.onnx is None
-    points, quality = predictor._keypoints(torch.zeros(2, 1, 96, 96, dtype=torch.uint8))
+    points, quality = predictor.predict_crops(torch.zeros(2, 1, 96, 96, dtype=torch.uint8))
     assert points.shape == (2, 15, 2) and quality is None
     with pytest.raises(UsageError, match="cannot be exported to ONNX"):
         Predictor.load(path, "cpu", "onnxruntime")
 
 
-def test_exported_graph_is_cached_and_a_damaged_cache_is_replaced(tiny_weights, monkeypatch, tmp_path):
+def test_no_file_can_change_the_onnx_graph_and_a_wrong_graph_is_never_run(tiny_weights, monkeypatch, tmp_path):
+    """The graph is exported from the weights on every load (no cache to plant a graph in), and a
+    graph that does not compute the model's outputs (here: another model's) is refused."""
+    import io
+    import os
+
     from fkpbatch import export
+    from fkpbatch.checkpoint import load_model
     from fkpbatch.engine import Predictor
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model, spec = load_model(tiny_weights)
+    torch.manual_seed(7)
+    other = spec.build().eval()
+    planted = io.BytesIO()
+    export.export_onnx(other, spec, planted)
+    (tmp_path / "fkpbatch").mkdir()
+    for name in (f"{spec.arch}-{'0' * 32}.onnx", f"{spec.arch}.onnx"):  # what an old cache entry looked like
+        (tmp_path / "fkpbatch" / name).write_bytes(planted.getvalue())
     crops = torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8)
-    expected, _ = Predictor.load(tiny_weights, "cpu", "onnxruntime")._keypoints(crops)
-    [cached] = (tmp_path / "fkpbatch").glob("fkpnet_tiny-*.onnx")
+    expected, _ = Predictor.load(tiny_weights, "cpu", "torch").predict_crops(crops)
+    before = sorted(os.listdir(tmp_path / "fkpbatch"))
+    points, _ = Predictor.load(tiny_weights, "cpu", "onnxruntime").predict_crops(crops)
+    assert abs(points - expected).max() < 1e-4 and sorted(os.listdir(tmp_path / "fkpbatch")) == before
+    real_export = export.export_onnx
+
+    def swapped(model, spec, target, **options):  # an exporter (or anything) that yields another graph
+        real_export(other, spec, target, **options)
+
+    monkeypatch.setattr(export, "export_onnx", swapped)
+    with pytest.raises(ValueError, match="does not compute the model's outputs"):
+        export.OnnxKeypoints(model, spec)
+    predictor = Predictor.load(tiny_weights, "cpu", "auto")
+    assert predictor.onnx is None  # PyTorch runs the model instead
+    assert abs(predictor.predict_crops(crops)[0] - expected).max() < 1e-6
+
+
+def test_export_leaves_file_descriptors_and_the_exporter_log_as_it_found_them(tiny_weights, monkeypatch):
+    import io
+    import os
+
+    from fkpbatch import export
+    from fkpbatch.checkpoint import load_model
+
+    calls = []
+    model, spec = load_model(tiny_weights)
+    log_was_on = torch._C._jit_is_onnx_log_enabled()
     with monkeypatch.context() as patch:
-        patch.setattr(export, "export_onnx", lambda *args: pytest.fail("exported again despite the cache"))
-        Predictor.load(tiny_weights, "cpu", "onnxruntime")  # a cache hit: no export
-    cached.write_bytes(b"not a graph")
-    points, _ = Predictor.load(tiny_weights, "cpu", "onnxruntime")._keypoints(crops)
-    assert abs(points - expected).max() < 1e-6 and cached.read_bytes() != b"not a graph"
+        for name in ("dup", "dup2"):
+            real = getattr(os, name)
+            patch.setattr(os, name, lambda *args, _name=name, _real=real: calls.append((_name, args)) or _real(*args))
+        export.export_onnx(model, spec, io.BytesIO())
+        export.OnnxKeypoints(model, spec)
+    assert calls == []  # file descriptors 1 and 2 are the process's, never redirected by a library
+    assert torch._C._jit_is_onnx_log_enabled() == log_was_on
+
+
+def test_quiet_predict_prints_nothing_when_the_cache_folder_cannot_be_written(tiny_weights, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from conftest import REPO
+
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_bytes(b"")  # $XDG_CACHE_HOME is a file: nothing can be stored under it
+    Image.new("RGB", (48, 48), (90, 90, 90)).save(tmp_path / "a.png")
+    env = {**os.environ, "XDG_CACHE_HOME": str(not_a_folder), "HOME": str(not_a_folder), "PYTHONPATH": str(REPO)}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    command = ["predict", str(tmp_path / "a.png"), "-w", str(tiny_weights), "--workers", "0", "--device", "cpu", "-q"]
+    result = subprocess.run(
+        [sys.executable, "-m", "fkpbatch", *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+    assert len(result.stdout.splitlines()) == 2

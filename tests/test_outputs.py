@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from fkpbatch import writers
-from fkpbatch.batch import BatchRequest, run_batch
+from fkpbatch.predict_run import PredictRequest, run_predict
 from fkpbatch.checkpoint import ModelSpec, save_checkpoint
 from fkpbatch.cli import app
 from fkpbatch.engine import FaceResult, ImageResult, PredictOptions
@@ -61,8 +61,8 @@ def _files(tmp_path, names):
 
 
 def _run(predictor, files, out, **request):
-    return run_batch(
-        predictor, BatchRequest(tuple(files), str(out), **request), PredictOptions(batch_size=2, workers=0)
+    return run_predict(
+        predictor, PredictRequest(tuple(files), str(out), **request), PredictOptions(batch_size=2, workers=0)
     )
 
 

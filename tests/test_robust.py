@@ -206,31 +206,6 @@ def test_training_never_writes_over_a_run_or_through_a_link(tiny_run, tmp_path):
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_onnx_cache_never_uses_a_swapped_stale_or_linked_entry(tmp_path, monkeypatch):
-    from fkpbatch import export
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    spec = ModelSpec("fkpnet_tiny", KAGGLE_POINTS, 32, Framing())
-    torch.manual_seed(1)
-    a, b = spec.build().eval(), spec.build().eval()
-    graph_a, graph_b = export.cached_onnx(a, spec), export.cached_onnx(b, spec)
-    assert graph_a != graph_b
-    entry_a = export.cache_dir() / f"fkpnet_tiny-{export._fingerprint(a, spec)[:32]}.onnx"
-    entry_b = export.cache_dir() / f"fkpnet_tiny-{export._fingerprint(b, spec)[:32]}.onnx"
-    shutil.copyfile(entry_a, entry_b)  # a swapped entry: b's name, a's graph
-    assert export.cached_onnx(b, spec) == graph_b
-    entry_b.unlink()
-    entry_b.symlink_to(entry_a)  # a planted link
-    assert export.cached_onnx(b, spec) == graph_b and not entry_b.is_symlink()
-    fingerprint = export._fingerprint(a, spec)
-    monkeypatch.setattr(export, "_versions", lambda: ["fkpbatch 999", "torch 0", "onnx 0"])  # another exporter
-    assert export._fingerprint(a, spec) != fingerprint
-    with torch.no_grad():
-        next(a.parameters()).add_(1.0)  # other weights, same names and shapes
-    monkeypatch.undo()
-    assert export._fingerprint(a, spec) != fingerprint
-
-
 # --- 6. discovery never hangs, never hides ---------------------------------------------------------
 
 
@@ -419,12 +394,12 @@ def test_non_finite_weights_are_refused_with_exit_2(tmp_path, value):
 
 
 def test_a_run_where_every_image_fails_alike_exits_non_zero(tmp_path, tiny_weights, monkeypatch):
-    from fkpbatch import engine
+    from fkpbatch import inputs
 
     def missing_library(*_args, **_kwargs):
         raise ImportError("libjpeg.so.62: cannot open shared object file")
 
-    monkeypatch.setattr(engine, "load_reduced", missing_library)
+    monkeypatch.setattr(inputs, "load_reduced", missing_library)
     folder = photos(tmp_path / "in", 3)
     result = runner.invoke(
         app, ["predict", str(folder), "-w", str(tiny_weights), "--workers", "0", "-o", str(tmp_path / "out.csv")]

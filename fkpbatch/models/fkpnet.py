@@ -45,7 +45,7 @@ def _layer(cin: int, cout: int, blocks: int) -> nn.Sequential:
     return nn.Sequential(BasicBlock(cin, cout, 2), *[BasicBlock(cout, cout) for _ in range(blocks - 1)])
 
 
-def _conv_bn_relu(channels: int) -> nn.Sequential:
+def conv_bn_relu(channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
     )
@@ -81,7 +81,7 @@ class FkpNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = _layer(w0, w1, blocks), _layer(w1, w2, blocks), _layer(w2, w3, blocks)
         self.lateral3, self.lateral2 = nn.Conv2d(w3, d2, 1), nn.Conv2d(w2, d2, 1)
         self.lateral1, self.reduce2 = nn.Conv2d(w1, d1, 1), nn.Conv2d(d2, d1, 1)
-        self.smooth2, self.smooth1 = _conv_bn_relu(d2), _conv_bn_relu(d1)
+        self.smooth2, self.smooth1 = conv_bn_relu(d2), conv_bn_relu(d1)
         self.heatmaps = nn.Conv2d(d1, num_keypoints, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

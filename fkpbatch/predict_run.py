@@ -4,7 +4,6 @@ annotated images, resume after a kill, and count what happened. The CLI only par
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -18,6 +17,7 @@ from .engine import Predictor
 from .errors import OutputError, UsageError
 from .keypoints import has_ibug68, points_for
 from .options import PredictOptions
+from .results import columns_for
 from .resume import (
     Existing,
     InputIdentities,
@@ -27,11 +27,11 @@ from .resume import (
     open_existing,
     write_sidecar,
 )
-from .writers import ResultWriter, columns_for, infer_format
+from .writers import ResultWriter, infer_format
 
 
 @dataclass(frozen=True)
-class BatchRequest:
+class PredictRequest:
     paths: tuple[Path, ...]
     out: str = "-"
     fmt: str | None = None
@@ -39,6 +39,8 @@ class BatchRequest:
     recursive: bool = True
     from_list: str | None = None
     annotate: Path | None = None
+    aligned: Path | None = None  # a folder for aligned face crops (fkpbatch.align)
+    aligned_size: int = 112
     overwrite: bool = False
     resume: bool = False
     raw_names: bool = False  # CSV text cells as they are, not spreadsheet-safe
@@ -68,7 +70,7 @@ class Summary:
 
 
 def run_parameters(
-    predictor: Predictor, request: BatchRequest, options: PredictOptions, fmt: str, shard: tuple[int, int] | None
+    predictor: Predictor, request: PredictRequest, options: PredictOptions, fmt: str, shard: tuple[int, int] | None
 ) -> dict:
     """Everything that changes what an output holds: a resumed run must use the same values."""
     return {
@@ -89,7 +91,7 @@ def run_parameters(
 
 
 def _open_output(
-    request: BatchRequest,
+    request: PredictRequest,
     fmt: str,
     params: dict,
     columns: list[str],
@@ -119,9 +121,9 @@ def _open_output(
     return existing
 
 
-def run_batch(
+def run_predict(
     predictor: Predictor,
-    request: BatchRequest,
+    request: PredictRequest,
     options: PredictOptions,
     *,
     on_start: Callable[[int], None] | None = None,
@@ -205,8 +207,9 @@ def run_batch(
                         if on_batch:
                             on_batch(len(batch))
             except Exception:
-                if interrupts.received() == signal.SIGTERM:  # e.g. DataLoader workers killed by the same signal
-                    raise interrupts.Terminated() from None
+                stop = interrupts.terminated()
+                if stop is not None:  # e.g. DataLoader workers killed by the same signal
+                    raise stop from None
                 raise
             finally:  # Ctrl-C, SIGTERM or an error: what was predicted is still written, as whole images
                 batch, pending = pending, []

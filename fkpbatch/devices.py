@@ -1,35 +1,18 @@
-"""Device choice, worker counts and mixed precision, shared by predict and train."""
+"""Which device runs the model, and how tensors get there: shared by predict and train."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
 from .errors import UsageError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def cpu_count() -> int:
-    """Cores this process may use (respects affinity masks and container limits)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+from .options import Device
 
 
-def default_workers() -> int:
-    """One DataLoader worker per core (decode, detect and crop are the CPU side of a GPU run: a
-    16-core GPU machine needs all 16 to feed it; on the CPU the keypoint model shares the cores)."""
-    return cpu_count()
-
-
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | Device) -> torch.device:
     """``auto`` = CUDA when available, else MPS, else CPU; an unavailable explicit choice is an error."""
-    if name not in DEVICES:
-        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {name!r}")
+    name = Device.parse(name, "--device").value
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
