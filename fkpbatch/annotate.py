@@ -70,14 +70,9 @@ def draw_result(
     target = annotation_path(result.source.relative or result.image, root)
     if target is None:
         return f"{result.image}: annotated copy would land outside {root}; not written"
-    try:
-        existing = os.stat(target)
-    except OSError:
-        existing = None
-    if existing is not None and (existing in inputs or same_file(target, result.source.path)):
-        return f"{result.image}: annotated copy {target} would overwrite the input; not written"
-    if os.path.lexists(target) and not overwrite:
-        return None if quiet_if_exists else f"{result.image}: {target} exists; not replaced (pass --overwrite)"
+    refused = _refusal(result, target, "annotated copy", overwrite, inputs, quiet_if_exists)
+    if refused is not None:
+        return refused or None
     try:  # the file may have changed since it was predicted: a warning, never the end of the run
         image = load_image(result.source.path, max_pixels)
     except (OSError, FkpError) as exc:
@@ -85,12 +80,75 @@ def draw_result(
     draw_faces(image, result.faces, keypoints, drawn)
     if sheet is not None:
         sheet.add(result, image, target)
+    return _save(result, image, target, "annotated copy", overwrite)
+
+
+def write_aligned(
+    result: ImageResult,
+    root: Path,
+    size: int = 112,
+    *,
+    written: set[Path],
+    overwrite: bool = False,
+    inputs=(),
+    quiet_if_exists: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> list[str]:
+    """Write each face of ``result`` aligned (:func:`fkpbatch.align.align_face`, ``size`` px) as
+    ``<image stem>_<face>.png`` in the input's folder layout under ``root``, by the rules of the
+    annotated copies (inside ``root``, never over an input, an existing file only with
+    ``overwrite``); ``written``: this run's files so far (two inputs that differ only by extension
+    would share a name: the first keeps it). Returns warnings instead of raising."""
+    from .align import align_face
+
+    copy = annotation_path(result.source.relative or result.image, root)
+    if copy is None:
+        return [f"{result.image}: aligned faces would land outside {root}; not written"]
+    stem = PurePosixPath(real_name(result.source.relative or result.image)).stem
+    image, warnings = None, []
+    for index, face in enumerate(result.faces):
+        target = copy.with_name(f"{stem}_{index}.png")
+        if target in written:
+            warnings.append(f"{result.image}: {target} was written for another image of this run; not replaced")
+            continue
+        refused = _refusal(result, target, "aligned face", overwrite, inputs, quiet_if_exists)
+        if refused is not None:
+            warnings += [refused] if refused else []
+            continue
+        if image is None:
+            try:
+                image = load_image(result.source.path, max_pixels)
+            except (OSError, FkpError) as exc:
+                return warnings + [f"{result.image}: aligned faces not written ({exc})"]
+        warning = _save(result, align_face(image, face, size), target, "aligned face", overwrite)
+        written.add(target)
+        warnings += [warning] if warning else []
+    return warnings
+
+
+def _refusal(result: ImageResult, target: Path, what: str, overwrite: bool, inputs, quiet_if_exists: bool):
+    """Why ``target`` must not be written (a warning; "" to skip it quietly), or None to write it:
+    never over an input (``os.stat`` identities in ``inputs``: hard links count), an existing file
+    only with ``overwrite`` (quietly kept when resuming)."""
+    try:
+        existing = os.stat(target)
+    except OSError:
+        existing = None
+    if existing is not None and (existing in inputs or same_file(target, result.source.path)):
+        return f"{result.image}: {what} {target} would overwrite the input; not written"
+    if os.path.lexists(target) and not overwrite:
+        return "" if quiet_if_exists else f"{result.image}: {target} exists; not replaced (pass --overwrite)"
+    return None
+
+
+def _save(result: ImageResult, image: Image.Image, target: Path, what: str, overwrite: bool) -> str | None:
+    """Write ``image`` to ``target`` through a new temporary file (JPEG for .jpg/.jpeg, else PNG)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(target, overwrite=overwrite) as handle:
             image.save(handle, format="JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else "PNG", quality=92)
     except (OSError, FkpError) as exc:
-        return f"{result.image}: annotated copy not written ({exc})"
+        return f"{result.image}: {what} not written ({exc})"
     return None
 
 

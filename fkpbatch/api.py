@@ -98,4 +98,4 @@ def predict(
 
         paths = [Path(item) for item in items]
         results = predictor.predict_paths(discover(paths, recursive=recursive).files, options) if paths else iter(())
-    return results_frame(results, predictor.keypoints, str(points))
+    return results_frame(results, predictor.keypoints, str(points), options.pose)

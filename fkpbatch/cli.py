@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, interrupts
+from .config import TrainConfig
 from .errors import FkpError
 from .options import (
     Augment,
@@ -368,7 +369,10 @@ def train(
         Optional[int], typer.Option("--batch-size", "-b", min=1, help="Batch size (recipe: seed 64, fkpnet 32).")
     ] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (recipe: seed 1e-3, fkpnet 2e-3).")] = None,
-    val_split: Annotated[float, typer.Option(help="Fraction held out for validation.", min=0.0, max=0.9)] = 0.1,
+    val_split: Annotated[
+        Optional[float],
+        typer.Option(help=f"Fraction held out for validation (default {TrainConfig.val_split}).", min=0.0, max=0.9),
+    ] = None,
     group_by: Annotated[
         Optional[str],
         typer.Option(
@@ -402,7 +406,10 @@ def train(
             show_default=False,
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (splits, initialisation, augmentation).")] = 0,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(help=f"Random seed: splits, initialisation, augmentation (default {TrainConfig.seed})."),
+    ] = None,
     device: DeviceOption = Device.auto,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers.")] = 2,
     strict: Annotated[bool, typer.Option(help="Missing image files are an error, not a warning.")] = False,
@@ -424,9 +431,9 @@ def train(
             if resume is not None:
                 given = {
                     "training CSVs": bool(data), "--recipe": recipe, "--arch": arch, "--points": points,
-                    "--batch-size": batch_size, "--lr": lr, "--val-split": val_split != 0.1, "--group-by": group_by,
+                    "--batch-size": batch_size, "--lr": lr, "--val-split": val_split, "--group-by": group_by,
                     "--augment": augment, "--vflip": vflip, "--input-size": input_size, "--images": images,
-                    "--out": out, "--init": init, "--label-offset": label_offset, "--seed": seed != 0,
+                    "--out": out, "--init": init, "--label-offset": label_offset, "--seed": seed,
                     "--strict": strict, "--overwrite": overwrite,
                 }  # fmt: skip
                 ignored = [name for name, value in given.items() if value not in (None, False, [])]

@@ -122,14 +122,14 @@ def load_folder_csv(
     names, images, paths, kept = [], [], [], []
     missing, unframed = [], []
     for row, name in enumerate(frame["image"].astype(str)):
-        why = _unframed(points[row][framing], None) if framing else None
-        if why:
-            unframed.append(f"line {row + 2} ({name}: {why})")
-            continue
         candidates = [root / name, root / "images" / name]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             missing.append(f"line {row + 2}: {name}")
+            continue
+        why = _unframed(points[row][framing], None) if framing else None  # before the image is decoded
+        if why:
+            unframed.append(f"line {row + 2} ({name}: {why})")
             continue
         try:
             image = load_image(found).convert("L") if decode else None

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import struct
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -27,7 +26,7 @@ _register_lock = threading.Lock()
 
 
 def register_codecs() -> bool:
-    """Register the HEIC/HEIF opener of pillow-heif (or of its decode-only twin, pi-heif) with Pillow,
+    """Register the HEIC/HEIF opener of pi-heif (the decode-only build of pillow-heif) with Pillow,
     once per process; True if HEIC can be opened. Safe to call any number of times, from any thread.
 
     Only Pillow's plugin registry changes (the opener, save handler, extensions and MIME type of
@@ -38,17 +37,18 @@ def register_codecs() -> bool:
         with _register_lock:
             if _registered is None:
                 Image.init()  # Pillow's own plugins first, so they keep their turn before the HEIF opener
-                for module in ("pillow_heif", "pi_heif"):
-                    try:
-                        plugin = __import__(module)
-                        plugin.register_heif_opener()
-                    except Exception:  # not installed, or its native library fails to load
-                        continue
-                    _registered = True
-                    break
-                else:
-                    _registered = False
+                _registered = _register_heif()
     return _registered
+
+
+def _register_heif() -> bool:
+    """pi-heif's opener; False when it is not installed or its native library fails to load."""
+    try:
+        import pi_heif
+    except Exception:  # noqa: BLE001 - ImportError, or an OSError from its bundled libheif
+        return False
+    pi_heif.register_heif_opener()
+    return True
 
 
 def missing_codec(path: Path | str) -> str | None:
@@ -70,45 +70,62 @@ def missing_codec(path: Path | str) -> str | None:
             return "AVIF needs Pillow built with AVIF support (Pillow >= 11.3 wheels): pip install -U pillow"
         return None
     if brands & set(_HEIF_BRANDS) and not register_codecs():
-        return "HEIC/HEIF needs the pillow-heif package: pip install pillow-heif"
+        return "HEIC/HEIF needs the pi-heif package: pip install pi-heif"
     return None
 
 
 def open_image(path: Path | str) -> ImageFile.ImageFile:
-    """``Image.open(path)``, but an image over Pillow's own decompression-bomb limit
-    (``PIL.Image.MAX_IMAGE_PIXELS``, 2x of it is an error) still opens: the caller checks the size
-    against its own limit (``--max-pixels``), whatever its value. Pillow's settings are not changed:
-    only when Pillow refuses the file is it opened again, by the plugin that identifies it, as
-    ``Image.open`` does but without that check."""
+    """``Image.open(path)`` (lazy: reads the header), but an image over Pillow's own decompression-bomb
+    limit (twice ``PIL.Image.MAX_IMAGE_PIXELS`` is an error in Pillow) still opens: the caller
+    checks the size against its own limit (``--max-pixels``), whatever its value. Decode with
+    :func:`load_image`, which applies that limit. HEIC opens too (:func:`register_codecs`)."""
+    register_codecs()
     try:
         return Image.open(path)
     except Image.DecompressionBombError:
-        return _open_without_bomb_check(path)
+        with pillow_bomb_check_off():
+            return Image.open(path)
 
 
-def _open_without_bomb_check(path: Path | str) -> ImageFile.ImageFile:
-    """The first of Pillow's registered openers that accepts the file, as ``Image.open`` tries them."""
-    Image.init()
-    file = open(path, "rb")
+_bomb_check_off = threading.local()
+_bomb_check_lock = threading.Lock()
+_bomb_check_users = 0
+_pillow_bomb_check = None
+
+
+def _bomb_check_unless_off(*args, **kwargs):
+    if getattr(_bomb_check_off, "on", False):
+        return None
+    return _pillow_bomb_check(*args, **kwargs)
+
+
+@contextmanager
+def pillow_bomb_check_off():
+    """Pillow's decompression-bomb check skipped in this thread, in this block only; other threads
+    keep it, and ``PIL.Image.MAX_IMAGE_PIXELS`` is never changed. Used when ``--max-pixels``, checked
+    by :func:`load_reduced` before any pixel is decoded, allows more than Pillow's limit. (Pillow
+    checks in ``Image.open`` and again in some decoders, TIFF tiles and GIF frames, through
+    ``Image._decompression_bomb_check``: a wrapper that asks this thread is put there while a block
+    runs and the original put back after the last one.)"""
+    global _bomb_check_users, _pillow_bomb_check
+    if not callable(getattr(Image, "_decompression_bomb_check", None)):  # another Pillow: its check stays
+        yield
+        return
+    with _bomb_check_lock:
+        if _bomb_check_users == 0:
+            _pillow_bomb_check = Image._decompression_bomb_check
+            Image._decompression_bomb_check = _bomb_check_unless_off
+        _bomb_check_users += 1
+    was_off = getattr(_bomb_check_off, "on", False)
+    _bomb_check_off.on = True
     try:
-        prefix = file.read(16)
-        for kind in Image.ID:
-            factory, accept = Image.OPEN[kind]
-            accepted = not accept or accept(prefix)
-            if isinstance(accepted, str) or not accepted:
-                continue
-            file.seek(0)
-            try:
-                image = factory(file, os.fspath(path))
-            except (SyntaxError, IndexError, TypeError, struct.error):
-                continue
-            image._exclusive_fp = True  # closing the image closes the file, as after Image.open
-            return image
-    except BaseException:
-        file.close()
-        raise
-    file.close()
-    raise UnidentifiedImageError(f"cannot identify image file {os.fspath(path)!r}")
+        yield
+    finally:
+        _bomb_check_off.on = was_off
+        with _bomb_check_lock:
+            _bomb_check_users -= 1
+            if _bomb_check_users == 0:
+                Image._decompression_bomb_check = _pillow_bomb_check
 
 
 def load_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -133,34 +150,43 @@ def load_reduced(
     (what coordinates are reported in)."""
     register_codecs()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with open_image(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise DecodeError(
-                        f"image is {width}x{height} = {width * height:,} pixels, over --max-pixels "
-                        f"{max_pixels:,} (raise it if this file is genuine)"
-                    )
-                image.seek(0)
-                if min_side and image.format == "JPEG" and max(width, height) >= 2 * min_side:
-                    ratio = min_side / max(width, height)
-                    image.draft(image.mode, (max(1, int(width * ratio + 1)), max(1, int(height * ratio + 1))))
-                image.load()
-                turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-                upright = ImageOps.exif_transpose(image)
-                return to_rgb(upright), ((height, width) if turned else (width, height))
+        try:
+            return _decode(path, max_pixels, min_side)
+        except Image.DecompressionBombError:  # over Pillow's own limit: --max-pixels decides, whatever its value
+            with pillow_bomb_check_off():
+                return _decode(path, max_pixels, min_side)
     except DecodeError:
         raise
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         hint = " (a broken symlink)" if Path(path).is_symlink() and not Path(path).exists() else ""
         raise DecodeError(f"cannot read: {exc.strerror}{hint}") from None
-    except Image.DecompressionBombError as exc:  # a frame or tile Pillow checks while decoding (GIF, ICO)
+    except Image.DecompressionBombError as exc:  # only where Pillow's check cannot be skipped
         raise DecodeError(f"refused by Pillow's decompression-bomb check: {exc}") from None
     except UnidentifiedImageError:
         raise DecodeError(missing_codec(path) or "not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError, EOFError, RuntimeError) as exc:  # RuntimeError: libheif's "other" errors
         raise DecodeError(f"cannot decode: {str(exc).strip()}") from None
+
+
+def _decode(path: Path | str, max_pixels: int, min_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`load_reduced`'s work; Pillow's errors are left to it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DecodeError(
+                    f"image is {width}x{height} = {width * height:,} pixels, over --max-pixels "
+                    f"{max_pixels:,} (raise it if this file is genuine)"
+                )
+            image.seek(0)
+            if min_side and image.format == "JPEG" and max(width, height) >= 2 * min_side:
+                ratio = min_side / max(width, height)
+                image.draft(image.mode, (max(1, int(width * ratio + 1)), max(1, int(height * ratio + 1))))
+            image.load()
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            upright = ImageOps.exif_transpose(image)
+            return to_rgb(upright), ((height, width) if turned else (width, height))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -22,6 +22,7 @@ from .discover import InputFile
 from .errors import UsageError
 from .inputs import InMemoryImage, PathLike, input_files
 from .options import UNSURE_SIZE, Model, PredictOptions, Runtime
+from .pose import head_pose
 from .results import CropRecord, FaceResult, ImageResult
 from .transforms import from_unit
 from .zoo import resolve_weights
@@ -200,6 +201,9 @@ class Predictor:
             ]
             face += len(found)
             result.faces = self.only_faces(found, options)
+            if options.pose:
+                for each in result.faces:
+                    each.pose = tuple(head_pose(each.keypoints, names, (record.width, record.height)))
             if result.status == "ok" and not result.faces:
                 result.status = "no_face"
             results.append(result)

@@ -39,37 +39,48 @@ class _UInt8Graph(nn.Module):
 
 
 def export_onnx(
-    model: nn.Module, spec: ModelSpec, target: Path | io.BytesIO, *, overwrite: bool = False, inputs=()
-) -> None:
+    model: nn.Module,
+    spec: ModelSpec,
+    target: Path | io.BytesIO,
+    *,
+    overwrite: bool = False,
+    inputs=(),
+    example: torch.Tensor | None = None,
+) -> tuple[np.ndarray, ...]:
     """Write ``model`` as ONNX: input ``images`` uint8 (N, 1, S, S); outputs ``keypoints`` (N, K, 2)
     in unit coordinates of the crop and, for heatmap models, ``quality`` (N,). A file ``target`` is
-    written atomically; it must not exist (unless ``overwrite``) nor be one of ``inputs``."""
+    written atomically; it must not exist (unless ``overwrite``) nor be one of ``inputs``. The graph
+    is traced on ``example`` (uint8 crops, default two black ones); returns the model's own outputs
+    on it, computed before the export, to check the graph against."""
     if not isinstance(target, io.BytesIO):
         path = Path(target)
         from .fileio import check_target
 
         check_target(path, overwrite=overwrite, inputs=inputs)  # before the export's seconds
         buffer = io.BytesIO()
-        export_onnx(model, spec, buffer)
+        reference = export_onnx(model, spec, buffer, example=example)
         write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite, inputs=inputs)
-        return
+        return reference
+    was_training = model.training  # before the wrapper's eval() reaches the model
     graph = _UInt8Graph(model, spec.pixel_scale).eval()
-    was_training = model.training
-    dummy = torch.zeros(2, 1, spec.input_size, spec.input_size, dtype=torch.uint8)
+    if example is None:
+        example = torch.zeros(2, 1, spec.input_size, spec.input_size, dtype=torch.uint8)
     try:
-        with torch.no_grad(), warnings.catch_warnings(), _fixed_pools(model, graph, dummy), _exporter_log_off():
+        with torch.no_grad(), warnings.catch_warnings(), _exporter_log_off():
             warnings.simplefilter("ignore")
-            outputs = ["keypoints", "quality"][: len(graph(dummy))]
-            torch.onnx.export(
-                graph,
-                (dummy,),
-                target,
-                input_names=["images"],
-                output_names=outputs,
-                opset_version=OPSET,
-                dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
-                dynamo=False,
-            )
+            with _fixed_pools(model, graph, example) as reference:
+                outputs = ["keypoints", "quality"][: len(reference)]
+                torch.onnx.export(
+                    graph,
+                    (example,),
+                    target,
+                    input_names=["images"],
+                    output_names=outputs,
+                    opset_version=OPSET,
+                    dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
+                    dynamo=False,
+                )
+        return tuple(t.detach().float().cpu().numpy() for t in reference)
     finally:
         model.train(was_training)  # the exporter restores the wrapper's mode onto the model
 
@@ -78,7 +89,8 @@ def export_onnx(
 def _fixed_pools(model: nn.Module, graph: nn.Module, dummy: torch.Tensor):
     """Adaptive average pools become fixed ones for the export's (fixed) input size: the ONNX
     exporter cannot convert an adaptive pool whose input size it lost track of (the seed network),
-    and for an input that divides evenly both compute the same means. Restored afterwards."""
+    and for an input that divides evenly both compute the same means. Restored afterwards. Yields
+    the outputs of ``graph`` on ``dummy`` (the forward pass that measured the pools' inputs)."""
     seen: dict[nn.Module, tuple[int, int]] = {}
     pools = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
 
@@ -87,7 +99,7 @@ def _fixed_pools(model: nn.Module, graph: nn.Module, dummy: torch.Tensor):
 
     hooks = [m.register_forward_hook(record) for _, m in pools]
     try:
-        graph(dummy)
+        reference = graph(dummy)
     finally:
         for hook in hooks:
             hook.remove()
@@ -103,7 +115,7 @@ def _fixed_pools(model: nn.Module, graph: nn.Module, dummy: torch.Tensor):
         setattr(parent, child, nn.AvgPool2d(kernel, kernel))
         swapped.append((parent, child, pool))
     try:
-        yield
+        yield reference
     finally:
         for parent, child, pool in swapped:
             setattr(parent, child, pool)
@@ -172,17 +184,8 @@ def probe_batch(spec: ModelSpec) -> torch.Tensor:
     return torch.stack([ramp, noise, torch.zeros_like(ramp)]).unsqueeze(1).contiguous()
 
 
-def check_graph(session, model: nn.Module, spec: ModelSpec) -> None:
-    """Raise ValueError unless ``session`` gives ``model``'s outputs on :func:`probe_batch`."""
-    crops = probe_batch(spec)
-    was_training = model.training
-    try:
-        device = next(model.parameters(), torch.empty(0)).device
-        with torch.no_grad():
-            outputs = _UInt8Graph(model.eval(), spec.pixel_scale)(crops.to(device))
-            expected = [t.float().cpu().numpy() for t in outputs]
-    finally:
-        model.train(was_training)
+def check_graph(session, crops: torch.Tensor, expected: tuple[np.ndarray, ...]) -> None:
+    """Raise ValueError unless ``session`` gives the ``expected`` outputs (the PyTorch model's) on ``crops``."""
     got = session.run(None, {"images": crops.numpy()})
     if len(got) != len(expected):
         raise ValueError(f"the ONNX graph has {len(got)} outputs, the model {len(expected)}")
@@ -193,18 +196,19 @@ def check_graph(session, model: nn.Module, spec: ModelSpec) -> None:
 
 class OnnxKeypoints:
     """Runs an exported model with onnxruntime; same inputs and outputs as the torch path. The graph
-    is exported from ``model`` here, in memory, and checked against it (:func:`check_graph`); an
-    export that fails or disagrees raises, and the caller runs PyTorch instead."""
+    is exported from ``model`` here, in memory, traced on :func:`probe_batch`, and must give the
+    model's own outputs on it (:func:`check_graph`); an export that fails or disagrees raises, and
+    the caller runs PyTorch instead."""
 
     def __init__(self, model: nn.Module, spec: ModelSpec):
         ort = onnxruntime_module()
         options = session_options(cpu_count())
         # Idle threads sleep instead of spinning: the DataLoader workers need those cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        buffer = io.BytesIO()
-        export_onnx(model, spec, buffer)
+        buffer, probe = io.BytesIO(), probe_batch(spec)
+        expected = export_onnx(model, spec, buffer, example=probe)
         self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        check_graph(self.session, model, spec)
+        check_graph(self.session, probe, expected)
 
     def __call__(self, crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         outputs = self.session.run(None, {"images": crops.numpy()})

@@ -77,10 +77,9 @@ class Detect(Choice):
 
 class DetectOn(Choice):
     """``--detect-on``: where faces are detected. auto = workers (onnxruntime on the CPU, one image at
-    a time; on an H200 with 16 cores 2.9x faster end to end than the GPU path on ~200-px photos, as
-    measured with 0.2.0's fp16 code);
-    device (the PyTorch port of the detector on --device, whole batches at once; the workers only
-    decode: for machines with few cores per GPU)."""
+    a time; measured faster end to end on a 16-core GPU machine, benchmarks/RESULTS.md); device (the
+    PyTorch port of the detector on --device, whole batches at once; the workers only decode: for
+    machines with few cores per GPU)."""
 
     auto = "auto"
     workers = "workers"
@@ -164,7 +163,7 @@ class Augment(Choice):
     strong = "strong"
 
 
-# "Only faces become rows", measured on the shared photos with the 0.3.0 models
+# "Only faces become rows", measured on the shared photos with the shipped models
 # (benchmarks/quality_scale.py; README): clear faces have quality 0.36-0.58; the back of a head
 # (img31) scores 0.867 and a blurred foreground profile 0.883, both quality 0.00 at about half the
 # subject's size, so 0.86 keeps them (as rows with quality 0.00); 0.9 would drop them but comes

@@ -37,9 +37,12 @@ import numpy as np
 
 from .keypoints import IBUG_POINTS, KAGGLE_POINTS
 
-__all__ = ["HeadPose", "MODEL_POINTS", "head_pose", "model_points"]
+__all__ = ["HeadPose", "MODEL_POINTS", "angles", "head_pose", "model_points", "rotation_from_angles", "solve_pose"]
 
-# (x, y, z) of MediaPipe's canonical face mesh, one vertex per iBUG point p0..p67.
+# (x, y, z) of MediaPipe's canonical face mesh, one vertex per iBUG point p0..p67: the "v" lines of
+# mediapipe/modules/face_geometry/data/canonical_face_model.obj (google/mediapipe, last changed in
+# commit a908d668c730da128dfa8d9f6bd25d519d006692), Copyright 2020 The MediaPipe Authors, Apache
+# License 2.0 (http://www.apache.org/licenses/LICENSE-2.0); the vertex number is 0-based.
 _MEDIAPIPE_68 = (
     (-7.743095, 2.364999, -2.005167),  # p0: vertex 127
     (-7.664182, 0.673132, -2.435867),  # p1: vertex 234
@@ -251,15 +254,16 @@ def rotation_from_angles(yaw: float, pitch: float, roll: float) -> np.ndarray:
     return rz @ rx @ ry
 
 
-def camera(image_size: tuple[int, int]) -> tuple[float, np.ndarray]:
+def _camera(image_size: tuple[int, int]) -> tuple[float, np.ndarray]:
     """Focal length and principal point (in 0-based pixel indices) of the assumed camera."""
     width, height = image_size
     return float(max(width, height)), np.array([width / 2 - 0.5, height / 2 - 0.5])
 
 
 def solve_pose(points, names, image_size) -> tuple[np.ndarray, np.ndarray]:
-    """Rotation (3x3) and translation (centimetres) of the model that best reproject onto ``points``;
-    see :func:`head_pose` for the arguments."""
+    """Rotation (3x3, camera axes) and translation (centimetres; of the model's origin, the mean of its
+    68 points) that best reproject the model onto ``points``; the arguments are :func:`head_pose`'s.
+    ValueError when there are too few usable points or they coincide or lie on a line."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     names = list(names)
     if len(names) != len(points):
@@ -272,8 +276,10 @@ def solve_pose(points, names, image_size) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             "head pose needs at least 4 of the 15 Kaggle points or all 68 iBUG points, with finite coordinates"
         )
-    focal, centre = camera(image_size)
+    focal, centre = _camera(image_size)
     image = points[rows] - centre
+    if np.linalg.svd(image - image.mean(axis=0), compute_uv=False)[-1] < 1e-6:
+        raise ValueError("the keypoints coincide or lie on a line: no head pose")
     model = model_points([names[i] for i in rows])
     model_centre = model.mean(axis=0)
     rotation, translation = _weak_perspective(image, model - model_centre, focal)

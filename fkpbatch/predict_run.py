@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import interrupts
-from .annotate import ContactSheet, draw_result
+from .annotate import ContactSheet, draw_result, write_aligned
 from .discover import discover
 from .engine import Predictor
 from .errors import OutputError, UsageError
@@ -23,8 +23,10 @@ from .resume import (
     InputIdentities,
     OutputLock,
     check_folder,
+    lock_path,
     model_fingerprint,
     open_existing,
+    sidecar_path,
     write_sidecar,
 )
 from .writers import ResultWriter, infer_format
@@ -69,6 +71,29 @@ class Summary:
         )
 
 
+def without_own_outputs(files: list, request: PredictRequest) -> list:
+    """The inputs less what this run writes: the output, its sidecar and lock, and everything under
+    the --annotate and --aligned folders (so an output inside an input folder is never read back in,
+    by this run or by --resume) unless such a folder is itself an input, or inside one given."""
+    roots = [os.path.realpath(p) for p in request.paths]
+    folders = [
+        folder
+        for folder in (os.path.realpath(d) for d in (request.annotate, request.aligned) if d is not None)
+        if not any(root == folder or Path(root).is_relative_to(folder) for root in roots)
+    ]
+    own = set()
+    if request.out != "-":
+        out = Path(request.out)
+        own = {os.path.realpath(p) for p in (out, sidecar_path(out), lock_path(out))}
+    if not folders and not own:
+        return files
+    return [
+        file
+        for file in files
+        if (real := os.path.realpath(file.path)) not in own and not any(Path(real).is_relative_to(f) for f in folders)
+    ]
+
+
 def run_parameters(
     predictor: Predictor, request: PredictRequest, options: PredictOptions, fmt: str, shard: tuple[int, int] | None
 ) -> dict:
@@ -85,6 +110,7 @@ def run_parameters(
         "passes": str(options.passes),
         "unsure_score": options.unsure_score,
         "unsure_quality": options.unsure_quality,
+        "pose": options.pose,
         "raw_names": request.raw_names and fmt == "csv",
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
     }
@@ -142,13 +168,13 @@ def run_predict(
     if request.resume and request.out == "-":
         raise UsageError("--resume needs an output file (-o FILE)")
     found = discover(list(request.paths), recursive=request.recursive, from_list=request.from_list)
-    files = found.files
+    files = without_own_outputs(found.files, request)
     if shard is not None:
         from .shard import select_shard
 
         files = select_shard(files, *shard)
     inputs = InputIdentities([f.path for f in files])
-    columns = columns_for(predictor.spec.keypoints, request.points)
+    columns = columns_for(predictor.spec.keypoints, request.points, options.pose)
     summary = Summary(skipped=found.hidden)
     with ExitStack() as stack:
         existing, params = None, None
@@ -163,12 +189,9 @@ def run_predict(
                 f"{existing.dropped}: its rows ended the output of a run that was stopped, maybe "
                 "incomplete, so they were removed; it is not among this run's inputs"
             )
-        if request.annotate is not None:
-            request.annotate.mkdir(parents=True, exist_ok=True)
-        sheet = ContactSheet() if request.annotate is not None else None
+        pictures = _Pictures(request, predictor.spec.keypoints, inputs, options.max_pixels)
         if on_start:
             on_start(len(todo))
-        drawn = set(points_for(request.points))
         started = time.perf_counter()
         writer = ResultWriter(
             request.out,
@@ -180,6 +203,7 @@ def run_predict(
             keep=existing.keep if existing else 0,
             objects=existing.objects if existing else None,
             safe=not request.raw_names,
+            pose=options.pose,
         )
         pending: list = []
         try:
@@ -187,20 +211,8 @@ def run_predict(
                 for result in predictor.predict_paths(todo, options):
                     pending.append(result)
                     _count(summary, result)
-                    if request.annotate is not None and result.faces:
-                        warning = draw_result(
-                            result,
-                            predictor.spec.keypoints,
-                            request.annotate,
-                            drawn,
-                            sheet=sheet,
-                            overwrite=request.overwrite,
-                            inputs=inputs,
-                            quiet_if_exists=request.resume,
-                            max_pixels=options.max_pixels,
-                        )
-                        if warning:
-                            summary.warnings.append(warning)
+                    if result.faces:
+                        summary.warnings += pictures.write(result)
                     if len(pending) >= options.batch_size:
                         batch, pending = pending, []  # a signal after this line cannot write the batch twice
                         writer.write(batch)
@@ -221,9 +233,37 @@ def run_predict(
                 write_sidecar(Path(request.out), params, columns, writer.committed)
     if on_batch:
         on_batch(len(batch))
-    if sheet is not None:
-        summary.warnings.extend(sheet.save(request.annotate, inputs=[f.path for f in files]))
+    if pictures.sheet is not None:
+        summary.warnings.extend(pictures.sheet.save(request.annotate, inputs=[f.path for f in files]))
     return summary
+
+
+class _Pictures:
+    """The pictures a run writes beside its output: annotated copies and the contact sheet
+    (--annotate), aligned faces (--aligned)."""
+
+    def __init__(self, request: PredictRequest, keypoints: tuple[str, ...], inputs, max_pixels: int):
+        self.request, self.keypoints, self.inputs, self.max_pixels = request, keypoints, inputs, max_pixels
+        self.drawn = set(points_for(request.points))
+        self.sheet = ContactSheet() if request.annotate is not None else None
+        self.aligned: set[Path] = set()
+        for folder in (request.annotate, request.aligned):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, result) -> list[str]:
+        """Warnings (never an exception) from writing ``result``'s pictures."""
+        request = self.request
+        common = dict(
+            overwrite=request.overwrite, inputs=self.inputs, quiet_if_exists=request.resume, max_pixels=self.max_pixels
+        )
+        warnings = []
+        if request.annotate is not None:
+            warning = draw_result(result, self.keypoints, request.annotate, self.drawn, sheet=self.sheet, **common)
+            warnings += [warning] if warning else []
+        if request.aligned is not None:
+            warnings += write_aligned(result, request.aligned, request.aligned_size, written=self.aligned, **common)
+        return warnings
 
 
 def _count(summary: Summary, result) -> None:

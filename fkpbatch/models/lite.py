@@ -87,7 +87,11 @@ class FkpNetLite(nn.Module):
             cin = cout
         self.blocks = nn.ModuleList(blocks)
         c4, c8, c16, c32 = (LITE0_BLOCKS[i][3] for i in TAPS)
-        self.lateral32, self.lateral16, self.lateral8 = nn.Conv2d(c32, wide, 1), nn.Conv2d(c16, wide, 1), nn.Conv2d(c8, wide, 1)
+        self.lateral32, self.lateral16, self.lateral8 = (
+            nn.Conv2d(c32, wide, 1),
+            nn.Conv2d(c16, wide, 1),
+            nn.Conv2d(c8, wide, 1),
+        )
         self.lateral4, self.reduce8 = nn.Conv2d(c4, narrow, 1), nn.Conv2d(wide, narrow, 1)
         self.smooth16, self.smooth8, self.smooth4 = conv_bn_relu(wide), conv_bn_relu(wide), conv_bn_relu(narrow)
         self.heatmaps = nn.Conv2d(narrow, num_keypoints, 1)
