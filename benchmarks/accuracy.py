@@ -4,6 +4,8 @@ on the raw image files, its CSV compared with the labels.
     python benchmarks/accuracy.py [--weights weights/fkpnet68.pt] [--json out.json]
     python benchmarks/accuracy.py --command 'python benchmarks/baselines.py dlib -'
 
+A release's figures go to ``--json benchmarks/results/<version>/accuracy_<model>.json``.
+
 Held-out = the images the shipped models' training put in validation: 10 % by a hash of the group
 with seed 0, groups = whole persons for faces15, whole photos for helen_train and lfpw_train
 (``--run RUN`` takes the split of another training run from its config.json). 15-point NME for

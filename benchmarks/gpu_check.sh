@@ -7,18 +7,19 @@
 #    crops with --detect never, then as photos with detection (in the CPU workers: --detect-on auto),
 #    and with --detect-on device (the detector on the GPU) for comparison (targets on one H100: >= 3,000 and >= 1,000 images/s);
 #    then ~800-px photos (target >= 300 images/s), likewise;
-# 3. everything into OUT_DIR/gpu_check.json (default benchmarks/), with a pass/fail per target.
+# 3. everything into OUT_DIR/gpu_check.json (default benchmarks/results/<fkpbatch version>/gpu_check/),
+#    with a pass/fail per target.
 # On a lent GPU machine (no ../shared there; 64 MiB travel): first, here,
-#   python benchmarks/pack_data.py ../shared/data/faces15 --out .gpudata --photos ../shared/data/photos
+#   python training/pack_data.py ../shared/data/faces15 --out .gpudata --photos ../shared/data/photos
 # then carry .gpudata and run FKPBATCH_DATA=.gpudata bash benchmarks/gpu_check.sh "$OUT" (faces15
 # is then grayscale crops, the photos at most 800 px: the figures are for those).
 # Dry run on a CPU machine (checks that every command exists and parses; the numbers mean nothing):
 #   DEVICE=cpu IMAGES=40 REPEATS=4 LIMIT=4 bash benchmarks/gpu_check.sh /tmp/gpu_check
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-benchmarks}"
 PY="${PYTHON:-.venv/bin/python}"  # the README set-up's environment
 [ -x "$PY" ] || PY=python3  # a lent GPU machine: its python3 holds PyTorch
+OUT="${1:-benchmarks/results/$("$PY" -c 'import fkpbatch; print(fkpbatch.__version__)')/gpu_check}"
 DEVICE="${DEVICE:-cuda}"
 IMAGES="${IMAGES:-16000}"  # faces15 images (linked) per end-to-end run; a quarter more for the steady rate
 REPEATS="${REPEATS:-64}"   # each ~800-px photo linked this many times (56 photos: 3,584 images)

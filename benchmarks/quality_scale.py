@@ -1,7 +1,9 @@
 """The scale of the ``quality`` column for one model, and what the false-face rule drops: the
-README's figures, reproducible for any weights.
+figures of benchmarks/RESULTS.md ("Quality scale") and the model card, reproducible for any weights.
 
     python benchmarks/quality_scale.py [--model fast|accurate | --weights FILE] [--json OUT]
+
+(the results of a release: ``--json benchmarks/results/<version>/quality_<model>.json``)
 
 faces15: every 14th image in name order (198 video frames, one main face each: the largest face of
 an image is its main face). photos: the shared unlabeled photos with default options, and again

@@ -1,7 +1,11 @@
 """Throughput of fkpbatch on this machine: where the time goes, and how close end-to-end gets.
 
-    python benchmarks/throughput.py [--images 2000] [--json benchmarks/throughput.json] [--baselines PYTHON]
-    python benchmarks/throughput.py --photos [--repeats 4] [--json benchmarks/throughput_photos.json]
+    python benchmarks/throughput.py [--images 2000] [--weights FILE] [--json OUT] [--baselines PYTHON]
+    python benchmarks/throughput.py --photos [--repeats 4] [--json OUT]
+
+The JSON goes to ``--json``, by default benchmarks/results/<fkpbatch version>/throughput_<model>.json
+(``throughput_<model>_photos.json`` with --photos; <model>: the shipped model's name, else the
+weights file's stem).
 
 Measures images/s for (1) decode + crop/resize only, as predict does it, with the same workers
 (and decode + detect + crop), (2) the model alone on preloaded tensors at the default batch size,
@@ -40,13 +44,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's fkpbatch, installed or not
 
+from fkpbatch import __version__
 from fkpbatch.cropping import ImageSource, collate_images, worker_loader
 from fkpbatch.discover import discover
 from fkpbatch.engine import PredictOptions, Predictor
 from fkpbatch.options import cpu_count, default_workers
-from fkpbatch.zoo import model_path
+from fkpbatch.zoo import SHIPPED_MODELS, model_path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def default_json(weights: Path, photos: bool) -> Path:
+    """benchmarks/results/<version>/throughput_<model>[_photos].json (see the module docstring)."""
+    model = next((n for n in SHIPPED_MODELS if model_path(n).resolve() == weights.resolve()), weights.stem)
+    return REPO / "benchmarks" / "results" / __version__ / f"throughput_{model}{'_photos' if photos else ''}.json"
 
 
 def make_inputs(source: Path, count: int, folder: Path) -> Path:
@@ -291,7 +302,7 @@ def main() -> None:
         "--data", type=Path, default=Path(os.environ.get("FKPBATCH_DATA", REPO.parent / "shared" / "data"))
     )
     parser.add_argument("--weights", type=Path, default=model_path())
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "throughput.json")
+    parser.add_argument("--json", type=Path, help="where the report goes (default: see above)")
     parser.add_argument("--skip-auto", action="store_true", help="only --detect never")
     parser.add_argument(
         "--model-only", action="store_true", help="only (2), e.g. to compare --weights of two architectures"
@@ -324,13 +335,10 @@ def main() -> None:
     parser.add_argument("--skip-passes-two", action="store_true", help="--photos: no --passes two runs")
     args = parser.parse_args()
     DEVICE[:] = ["--device", args.device]
+    out = args.json or default_json(args.weights, args.photos)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.photos:
         report = photos_mode(args, args.weights)
-        out = (
-            args.json
-            if args.json != REPO / "benchmarks" / "throughput.json"
-            else REPO / "benchmarks" / "throughput_photos.json"
-        )
         out.write_text(json.dumps(report, indent=2) + "\n")
         return
     source = args.data / "faces15" / "images"
@@ -390,7 +398,7 @@ def main() -> None:
                     report["end_to_end_detect_auto"]["images_per_s"] / report[f"baseline_{tool}"]["images_per_s"], 2
                 )
     print(json.dumps(report, indent=2))
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ LEFT, RIGHT, CENTRE, BOX = (230, 40, 40), (40, 200, 40), (255, 210, 0), (0, 160,
 _SAVE_AS_IS = {".jpg", ".jpeg", ".png"}
 DOUBTFUL, LABEL_TEXT = (220, 30, 30), (255, 255, 255)
 # Faces scoring under this are labelled in red: the shipped models score clear faces 0.36-0.58 and
-# junk (a hand, a mask, a face seen from behind) under 0.05 (README, Output schema: quality).
+# junk (a hand, a mask, a face seen from behind) under 0.05 (docs/outputs.md, "Quality").
 DOUBTFUL_QUALITY = 0.3
 SHEET_NAME = "index.html"
 
@@ -289,7 +289,7 @@ class ContactSheet:
             "img{display:block;width:%dpx;height:%dpx;object-fit:contain;background:#222}"
             "figcaption{overflow-wrap:anywhere}.doubtful figcaption b{color:#c00}"
             "</style></head><body>\n<h1>Faces by quality, lowest first</h1>\n<p>%d faces%s; quality under %.2f in red "
-            "(see the README's output schema). Click a name for its annotated picture.</p>\n%s\n</body></html>\n"
+            "(see docs/outputs.md in fkpbatch's repository). Click a name for its annotated picture.</p>\n%s\n</body></html>\n"
         ) % (self.thumb, self.thumb, self.thumb, self.faces_seen, more, DOUBTFUL_QUALITY, "\n".join(tiles))
 
     def write(self, path: Path, *, inputs: Iterable[Path] = ()) -> None:

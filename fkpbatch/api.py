@@ -75,7 +75,7 @@ def predict(
     unknown = sorted(set(options) - {f.name for f in fields(PredictOptions)})
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}; see fkpbatch.PredictOptions for the options")
-    options = PredictOptions(**options)
+    predict_options = PredictOptions(**options)
     items = _as_list(inputs)
     images = [_is_image(item) for item in items]
     if any(images) and not all(images):
@@ -89,7 +89,7 @@ def predict(
     if points == Points.ibug68 and not has_ibug68(predictor.keypoints):
         raise UsageError("points='68': these weights predict the 15 Kaggle points only")
     if items and all(images):
-        results = predictor.predict_images(items, options)
+        results = predictor.predict_images(items, predict_options)
     else:
         for item in items:
             if not isinstance(item, (str, os.PathLike)):
@@ -97,5 +97,7 @@ def predict(
         from .discover import discover
 
         paths = [Path(item) for item in items]
-        results = predictor.predict_paths(discover(paths, recursive=recursive).files, options) if paths else iter(())
-    return results_frame(results, predictor.keypoints, str(points), options.pose)
+        results = (
+            predictor.predict_paths(discover(paths, recursive=recursive).files, predict_options) if paths else iter(())
+        )
+    return results_frame(results, predictor.keypoints, str(points), predict_options.pose)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
+import sys
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +18,7 @@ from rich.table import Table
 
 from . import __version__, interrupts
 from .config import TrainConfig
-from .errors import FkpError
+from .errors import FkpError, PipeClosed
 from .options import (
     Augment,
     Detect,
@@ -33,6 +36,7 @@ from .options import (
     option_help,
     predict_options,
 )
+from .progress import STDERR
 from .zoo import DEFAULT_MODEL, SHIPPED_MODELS, resolve_weights
 
 app = typer.Typer(
@@ -41,8 +45,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# soft_wrap: a log (stderr not a terminal) gets whole lines, not lines folded at 80 columns.
-err = Console(stderr=True, soft_wrap=True)
+# soft_wrap: a log (stderr not a terminal) gets whole lines, not lines folded at 80 columns. STDERR:
+# a message that cannot be written (2>/dev/full, a full disk under 2> log.txt) is dropped, never fatal.
+err = Console(file=STDERR, soft_wrap=True)
 
 # Options shared by several commands, declared once.
 WeightsOption = Annotated[
@@ -71,6 +76,10 @@ def _clean_errors():
     """One line on stderr and the error's exit code instead of a traceback."""
     try:
         yield
+    except PipeClosed as exc:  # the reader went away (| head): a normal end, without a word
+        if exc.stdout:
+            _stdout_to_devnull()
+        raise typer.Exit(exc.exit_code) from None
     except FkpError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
@@ -78,6 +87,64 @@ def _clean_errors():
         where = f": {exc.filename}" if exc.filename else ""
         err.print(f"[red]error:[/red] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def _stdout_to_devnull() -> None:
+    """After a closed pipe: what is still buffered for stdout goes to /dev/null, so that the flush
+    at exit neither fails nor prints "Exception ignored ... BrokenPipeError" (as the Python docs
+    on SIGPIPE recommend)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+class _Stdout:
+    """``sys.stdout`` for the console script: a write that finds the pipe closed raises
+    :class:`PipeClosed` (not an OSError, which click would turn into exit 1)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise PipeClosed() from None
+            raise
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise PipeClosed() from None
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _standard_fds() -> None:
+    """Started with stdin, stdout or stderr closed (``>&-``): /dev/null takes its number, so that no
+    file this process opens gets fd 1 or 2 and receives what a library prints there. ``sys.stdout``
+    stays None: predict then refuses to write its rows nowhere."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                continue
+            try:
+                opened = os.open(os.devnull, os.O_RDWR)
+                if opened != fd:
+                    os.dup2(opened, fd)
+                    os.close(opened)
+            except OSError:
+                pass
 
 
 def _version(value: bool):
@@ -278,11 +345,15 @@ def _interrupted_hint(what: str, out: str) -> None:
     """How to continue after Ctrl-C or SIGTERM; the output holds whole images only."""
     import shlex
 
-    if out == "-":
+    from .fileio import stream_kind
+
+    if out == "-" or stream_kind(out):
+        where = "stdout" if out == "-" else out
         err.print(
-            f"{what}; the rows on stdout are whole images. Standard output cannot be continued: "
+            f"{what}; the rows written to {where} are whole images. A stream cannot be continued: "
             "run again, or write to a file with -o FILE, which --resume continues",
             highlight=False,
+            markup=False,
         )
         return
     err.print(
@@ -387,6 +458,22 @@ def train(
         bool, typer.Option(help="Also flip vertically (teaches upside-down faces; off by default).")
     ] = False,
     input_size: Annotated[Optional[int], typer.Option(help="Model input side in pixels (recipes: 96).")] = None,
+    framing_scale: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0.5,
+            max=4.0,
+            help="Crop side / (eye distance + eye-to-mouth distance) (recipes: seed 1.29, fkpnet 1.55; --init: its own).",
+        ),
+    ] = None,
+    framing_shift: Annotated[
+        Optional[float],
+        typer.Option(
+            min=-1.0,
+            max=2.0,
+            help="Crop centre from the eyes towards the mouth, as a fraction of that distance (recipes: seed 0.27, fkpnet 0.4).",
+        ),
+    ] = None,
     images: Annotated[
         Optional[Path], typer.Option(help="Folder of the images of folder CSVs (default: beside the CSV).")
     ] = None,
@@ -419,7 +506,7 @@ def train(
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ):
-    """Train a keypoint model; writes best.pt, last.pt, metrics.jsonl/.csv, config.json and loss.png (see README)."""
+    """Train a keypoint model; writes best.pt, last.pt, metrics.jsonl/.csv, config.json and loss.png (docs/training.md)."""
     from .train import build_config, resume_training
     from .train import train as run_training
 
@@ -432,7 +519,7 @@ def train(
                 given = {
                     "training CSVs": bool(data), "--recipe": recipe, "--arch": arch, "--points": points,
                     "--batch-size": batch_size, "--lr": lr, "--val-split": val_split, "--group-by": group_by,
-                    "--augment": augment, "--vflip": vflip, "--input-size": input_size, "--images": images,
+                    "--augment": augment, "--vflip": vflip, "--input-size": input_size, "--framing-scale": framing_scale, "--framing-shift": framing_shift, "--images": images,
                     "--out": out, "--init": init, "--label-offset": label_offset, "--seed": seed,
                     "--strict": strict, "--overwrite": overwrite,
                 }  # fmt: skip
@@ -459,6 +546,8 @@ def train(
                     augment=_value(augment),
                     vflip=vflip,
                     input_size=input_size,
+                    framing_scale=framing_scale,
+                    framing_shift=framing_shift,
                     images_dir=str(images) if images else None,
                     init=str(init) if init else None,
                     label_offsets=tuple(label_offset or ()),
@@ -499,7 +588,7 @@ def evaluate(
         weights = resolve_weights(weights, model)
         inputs = [*data, weights, *([holdout / "config.json"] if holdout else [])]
         if json_out:
-            check_target(json_out, overwrite=overwrite, inputs=inputs)  # before minutes of work
+            check_target(json_out, overwrite=overwrite, inputs=inputs, stream=True)  # before minutes of work
         predictor = Predictor.load(weights, device)
         options = PredictOptions(detect=detect, workers=workers)
         reports = [evaluate_checkpoint(predictor, path, holdout=holdout, options=options) for path in data]
@@ -529,6 +618,7 @@ def evaluate(
                 json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n",
                 overwrite=overwrite,
                 inputs=inputs,
+                stream=True,
             )
 
 
@@ -590,6 +680,8 @@ def merge(
         count = shards or recorded
         report = merge_outputs(outputs, out, expected, overwrite=overwrite, shards=count)
     err.print(f"merged {report['images']} images ({report['rows']} rows) into {out}", highlight=False)
+    for warning in report["warnings"]:
+        _say(f"warning: {warning}")
     for shard_out, image in report["dropped"]:
         err.print(
             f"[yellow]warning:[/yellow] {shard_out}: its run did not end cleanly; its last image {image} may "
@@ -658,9 +750,17 @@ def models():
 
 def run() -> None:
     """Console-script entry point. A command-line usage error (a bad choice, a value out of range, an
-    unknown option) is one line naming the fix, like every other error, instead of a framed box."""
+    unknown option) is one line naming the fix, like every other error, instead of a framed box. A
+    closed pipe on stdout (``fkpbatch ... | head``) ends any command quietly with 141 (128 + SIGPIPE,
+    as ``yes | head`` under ``set -o pipefail``)."""
+    _standard_fds()
+    if sys.stdout is not None:
+        sys.stdout = _Stdout(sys.stdout)
     try:
         code = app(prog_name="fkpbatch", standalone_mode=False)
+    except PipeClosed as exc:
+        _stdout_to_devnull()
+        raise SystemExit(exc.exit_code) from None
     except typer.Abort:  # Ctrl-C outside a command's own handling (e.g. while parsing)
         raise SystemExit(130) from None
     except Exception as exc:  # noqa: BLE001 - the parser's usage errors, whichever click Typer bundles

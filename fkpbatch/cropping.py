@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import math
 import signal
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -61,8 +62,6 @@ class FaceCropper:
         if not found:
             fallback = self.options.detect == "auto" and looks_like_a_face_crop(width, height)
             return image, [(whole_image_box(*image.size), None, whole_image_box(width, height))] if fallback else []
-        if self.options.faces == "largest":
-            found = [max(found, key=lambda d: d.box[2] * d.box[3])]
         boxes = [box_from_points(d.landmarks[_DETECTOR_TO_FRAMING], self.spec.framing) for d in found]
         smallest = min(b.size for b in boxes)
         if image.size != full and smallest < self.spec.input_size:
@@ -158,7 +157,7 @@ def _scale_box(box: Box, sx: float, sy: float) -> Box:
 class ImageSource(Dataset):
     """The input files as a Dataset of cropped faces, for a DataLoader with workers."""
 
-    def __init__(self, files: list[InputFile | InMemoryImage], spec: ModelSpec, options: PredictOptions):
+    def __init__(self, files: Sequence[InputFile | InMemoryImage], spec: ModelSpec, options: PredictOptions):
         self.files, self.cropper = files, FaceCropper(spec, options)
 
     def __len__(self) -> int:

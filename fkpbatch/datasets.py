@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,7 +189,9 @@ def _header_size(path: Path) -> tuple[int, int] | None:
 
 
 def _warn_stderr(message: str) -> None:
-    print(message, file=sys.stderr)
+    from .progress import say
+
+    say(message)  # a line that cannot be written (a full disk) is dropped, the work goes on
 
 
 def split_by_group(names: list[str], val_split: float, group_by: str | None, seed: int) -> np.ndarray:

@@ -6,6 +6,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -13,9 +14,9 @@ from .errors import DecodeError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: ~300 MB as RGB; more is almost surely a decompression bomb
 
-# Truncated JPEGs: Pillow stops with an error by default; we refuse them too (see README,
-# "Bad files"), so a half-grey face never produces confident-looking keypoints.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Truncated JPEGs: Pillow stops with an error by default (ImageFile.LOAD_TRUNCATED_IMAGES, which a
+# library leaves as its caller set it) and so do we (docs/reliability.md, "Bad files"): a half-grey
+# face never produces confident-looking keypoints.
 
 # ISO base media "ftyp" brands (bytes 8-12 of the file): HEIC/HEIF is opened through pillow-heif, AVIF by
 # Pillow itself (wheels of Pillow >= 11.3 are built with it).
@@ -192,7 +193,10 @@ def _decode(path: Path | str, max_pixels: int, min_side: int | None) -> tuple[Im
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB; alpha composited on white; high bit depths scaled to 8 bits."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        scale = 1 / 256 if image.mode.startswith("I;16") or image.getextrema()[1] > 255 else 1
+        # one band: getextrema() is (min, max), never a tuple per band
+        scale = (
+            1 / 256 if image.mode.startswith("I;16") or cast("tuple[float, float]", image.getextrema())[1] > 255 else 1
+        )
         image = image.point(lambda value: value * scale).convert("L")
     elif image.mode == "F":
         image = image.convert("L")

@@ -13,6 +13,8 @@ from typing import Any, TypeVar, Union
 import numpy as np
 from PIL import Image
 
+from .options import DEFAULT_MIN_SCORE
+
 # RetinaFace priors: feature strides and the two anchor sizes at each stride (biubug6's cfg_mnet).
 _STRIDES = (8, 16, 32)
 _ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -24,8 +26,6 @@ _MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 COARSE_SIDE = 480
 FINE_SIDE = 1600
 SMALL_FACE = 48  # a face under this many px at the coarse scale: there may be smaller ones
-# 0.8 keeps real but blurred background faces and drops most torsos and patterns seen on photos/.
-DEFAULT_MIN_SCORE = 0.8
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,14 @@ class Decode:
 
 
 T = TypeVar("T")
+RequestT = TypeVar("RequestT", bound=Union[Pass, Decode])
 Plan = Generator[Union[Pass, Decode], Any, T]
 """A search policy written once, as a generator: it yields :class:`Pass` and :class:`Decode`
 requests and is sent their answers; its return value is the result. DataLoader workers answer each
 request at once (:func:`run_plan`); the GPU path answers a whole batch's requests together."""
 
 
-def run_plan(plan: Plan[T], answer: Callable[[Pass | Decode], Any]) -> T:
+def run_plan(plan: Generator[RequestT, Any, T], answer: Callable[[RequestT], Any]) -> T:
     """Run a search plan to its end, answering each request with ``answer(request)``."""
     try:
         request = next(plan)
@@ -92,7 +93,11 @@ class Candidates:
 
     def scaled(self, sx: float, sy: float) -> Candidates:
         """The same faces in an image resized by (sx, sy)."""
-        return Candidates(self.boxes * np.float32([sx, sy, sx, sy]), self.scores, self.points * np.float32([sx, sy]))
+        return Candidates(
+            self.boxes * np.array([sx, sy, sx, sy], dtype=np.float32),
+            self.scores,
+            self.points * np.array([sx, sy], dtype=np.float32),
+        )
 
     def smallest_side(self) -> float:
         sides = np.minimum(self.boxes[:, 2] - self.boxes[:, 0], self.boxes[:, 3] - self.boxes[:, 1])
@@ -166,7 +171,11 @@ def _anchor_cells(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.n
         rows.append(np.repeat(ys.ravel(), len(sizes)))
         cols.append(np.repeat(xs.ravel(), len(sizes)))
         strides.append(np.full(ny * nx * len(sizes), stride))
-    return tuple(np.concatenate(a).astype(np.int64) for a in (rows, cols, strides))
+    return (
+        np.concatenate(rows).astype(np.int64),
+        np.concatenate(cols).astype(np.int64),
+        np.concatenate(strides).astype(np.int64),
+    )
 
 
 # The network's downsampling: a batch canvas is a multiple of this, so every level lines up.
@@ -229,7 +238,7 @@ class FaceDetector:
             raise ValueError(f"backend must be one of {self.BACKENDS}, not {backend!r}")
         self.min_score, self.nms_iou, self.coarse, self.fine, self.threads = min_score, nms_iou, coarse, fine, threads
         self.backend, self.device = backend, device
-        self._session = None
+        self._session: Any = None  # an onnxruntime.InferenceSession, built lazily
         self._net = None
 
     def __getstate__(self):  # sessions and networks are rebuilt in each process, never pickled
@@ -320,10 +329,10 @@ class FaceDetector:
             inside = (rows[None] < extent[..., 0]) & (cols[None] < extent[..., 1])
             image, anchor = torch.nonzero(inside & (conf[..., 1].float() >= self.min_score), as_tuple=True)
             kept = (anchor, loc[image, anchor].float(), conf[image, anchor, 1].float(), landms[image, anchor].float())
-            image, (anchor, loc, scores, landms) = image.cpu().numpy(), (t.cpu().numpy() for t in kept)
-        bounds = np.searchsorted(image, np.arange(n + 1))
+            owner, (anchors, locs, scores, points) = image.cpu().numpy(), (t.cpu().numpy() for t in kept)
+        bounds = np.searchsorted(owner, np.arange(n + 1))
         return [
-            _decode_kept(*(a[start:end] for a in (anchor, loc, scores, landms)), height, width)
+            _decode_kept(anchors[start:end], locs[start:end], scores[start:end], points[start:end], height, width)
             for start, end in zip(bounds[:-1], bounds[1:])
         ]
 
@@ -375,7 +384,9 @@ class FaceDetector:
             faces.append(Detection((x0, y0, x1 - x0, y1 - y0), float(scores[i]), points[i] - 0.5))
         return sorted(faces, key=lambda f: (f.box[0] + f.box[2] / 2, f.box[1]))
 
-    def search(self, image: Image.Image, pad: float = 0.0, passes: str = "auto") -> Plan[list[Detection]]:
+    def search(
+        self, image: Image.Image, pad: float = 0.0, passes: str = "auto"
+    ) -> Generator[Pass, Any, list[Detection]]:
         """:meth:`detect` as a search plan (see :data:`Plan`)."""
         found = [(yield Pass(image, self.coarse, pad))]
         if self.second_pass_due(passes, found[0], image.size):

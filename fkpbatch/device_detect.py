@@ -50,7 +50,9 @@ class FrameSource(ImageSource):
     workers' side of the device path: no detection, no crops)."""
 
     def __getitem__(self, index: int) -> FrameRecord:
-        record = self.cropper.guarded(self.files[index], self._frame, FrameRecord(crops=self.cropper.no_crops()))
+        item = self.files[index]
+        record = FrameRecord(crops=self.cropper.no_crops())
+        self.cropper.guarded(item, self._frame, record)  # fills in ``record`` itself
         record.index = index
         return record
 
@@ -106,7 +108,13 @@ def collate_frames(records: list[FrameRecord]) -> FrameBatch:
     if not searched:
         return FrameBatch(records, [])
     canvas, sizes = make_canvas([records[i].first.pixels for i in searched])
-    batch = FrameBatch(records, searched, canvas, sizes, shapes=[tuple(records[i].gray.shape) for i in searched])
+    batch = FrameBatch(
+        records,
+        searched,
+        canvas,
+        sizes,
+        shapes=[(records[i].gray.shape[0], records[i].gray.shape[1]) for i in searched],
+    )
     batch.gray = torch.cat([records[i].gray.reshape(-1) for i in searched])
     for i in searched:
         first = records[i].first
@@ -145,7 +153,7 @@ class DeviceSearch:
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def crops(self, batch: FrameBatch, items: list) -> tuple[torch.Tensor, list[CropRecord]]:
+    def crops(self, batch: FrameBatch, items: list) -> tuple[torch.Tensor, list[FrameRecord]]:
         """(all faces' uint8 crops, the records), as :func:`fkpbatch.cropping.collate_images` gives them;
         ``items``: the inputs of ``batch.records``, in order."""
         records, cropper = batch.records, self.cropper
@@ -208,12 +216,10 @@ class DeviceSearch:
 
         prepared = dict(zip(passes, self.pool.map(prepare, passes)))
         answers.update((row, p) for row, p in prepared.items() if isinstance(p, Exception))
-        ready = sorted(
-            (row for row, p in prepared.items() if not isinstance(p, Exception)),
-            key=lambda row: prepared[row].pixels.shape[:2],
-        )
-        for chunk in _chunks(ready, lambda row: prepared[row].pixels.shape[:2]):
-            answers.update(zip(chunk, self.detector.run_prepared([prepared[row] for row in chunk])))
+        done = {row: p for row, p in prepared.items() if not isinstance(p, Exception)}
+        ready = sorted(done, key=lambda row: done[row].pixels.shape[:2])
+        for chunk in _chunks(ready, lambda row: done[row].pixels.shape[:2]):
+            answers.update(zip(chunk, self.detector.run_prepared([done[row] for row in chunk])))
         return answers
 
     def _pixels(self, picture: _Picture, batch: FrameBatch, item) -> Image.Image:

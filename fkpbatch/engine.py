@@ -6,8 +6,8 @@ pixels. Streaming, so memory does not grow with the number of images. With ``det
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class Predictor:
         if runtime == "onnxruntime" and device.type != "cpu":
             raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu")
         self.spec, self.device = spec, device
-        self.model = model.to(device, memory_format=torch.channels_last)
+        self.model = model.to(device).to(memory_format=torch.channels_last)
         self.onnx = None
         if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu"):
             from .export import OnnxKeypoints
@@ -70,7 +70,7 @@ class Predictor:
     @classmethod
     def load(
         cls,
-        weights: str | Path | None = None,
+        weights: PathLike | None = None,
         device: str = "auto",
         runtime: str = "auto",
         *,
@@ -128,11 +128,15 @@ class Predictor:
         detector._net = self._detector_net
         return detector
 
-    def _predict(self, items: list[InputFile | InMemoryImage], options: PredictOptions | None) -> Iterator[ImageResult]:
+    def _predict(
+        self, items: Sequence[InputFile | InMemoryImage], options: PredictOptions | None
+    ) -> Iterator[ImageResult]:
         options = options or PredictOptions()
         if not items:
             return
         search = None
+        source: ImageSource
+        collate: Callable[[list[Any]], object]
         if self.detects_on_device(options):
             from .device_detect import DeviceSearch, FrameSource, collate_frames
 
@@ -164,19 +168,20 @@ class Predictor:
         """Drop doubtful detections (:func:`is_unsure`) beside a clear face at a similar scale (box >=
         UNSURE_SIZE of the biggest clear face): a face-like patch of a painting, the back of a head. A
         doubtful face alone in its picture is kept, and so are the small blurred faces of people
-        behind the subject."""
-        clear = [f.box.size for f in faces if not is_unsure(f.score, f.quality, options)]
-        if not clear:
-            return faces
-        return [
-            f for f in faces if not (is_unsure(f.score, f.quality, options) and f.box.size >= UNSURE_SIZE * max(clear))
-        ]
+        behind the subject. ``faces="largest"`` then keeps the largest face, a clear one if any."""
+        clear = [f for f in faces if not is_unsure(f.score, f.quality, options)]
+        if clear:
+            biggest = max(f.box.size for f in clear)
+            faces = [f for f in faces if f in clear or f.box.size < UNSURE_SIZE * biggest]
+        if options.faces == "largest" and faces:
+            faces = [max(clear or faces, key=lambda f: f.box.size)]
+        return faces
 
     def results(
         self,
         crops: torch.Tensor,
-        records: list[CropRecord],
-        items: list[InputFile | InMemoryImage],
+        records: Sequence[CropRecord],
+        items: Sequence[InputFile | InMemoryImage],
         options: PredictOptions,
     ) -> list[ImageResult]:
         """Run the model on a batch's crops and map keypoints back into each record's image; drop the
@@ -203,7 +208,8 @@ class Predictor:
             result.faces = self.only_faces(found, options)
             if options.pose:
                 for each in result.faces:
-                    each.pose = tuple(head_pose(each.keypoints, names, (record.width, record.height)))
+                    yaw, pitch, roll = head_pose(each.keypoints, names, (record.width, record.height))
+                    each.pose = (yaw, pitch, roll)
             if result.status == "ok" and not result.faces:
                 result.status = "no_face"
             results.append(result)

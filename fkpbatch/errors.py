@@ -23,6 +23,17 @@ class OutputError(FkpError):
     """An output that cannot or must not be written (missing folder, full disk, an input, exists)."""
 
 
+class PipeClosed(OutputError):
+    """The reader of a stream output (standard output, a FIFO) went away: a normal end for a
+    command-line tool, like ``yes | head``; the CLI exits 141 (128 + SIGPIPE) without a word."""
+
+    exit_code = 141
+
+    def __init__(self, message: str = "the reader closed the pipe", *, stdout: bool = True):
+        super().__init__(message)
+        self.stdout = stdout
+
+
 class DataError(FkpError):
     """A training or evaluation file that cannot be used (names the file and line)."""
 

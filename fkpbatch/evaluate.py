@@ -148,7 +148,7 @@ def write_submission(
     written atomically; it must not exist (unless ``overwrite``) nor be the test CSV, the lookup
     table or one of ``inputs``."""
     inputs = [test_csv, lookup_csv, *inputs]
-    check_target(out, overwrite=overwrite, inputs=inputs)
+    check_target(out, overwrite=overwrite, inputs=inputs, stream=True)
     table = load_kaggle_csv(test_csv, with_labels=False)
     if not table.names:
         raise DataError(f"{test_csv}: no images (the CSV has no rows)")
@@ -166,6 +166,6 @@ def write_submission(
             raise DataError(f"{lookup_csv}, line {line}: unknown ImageId {image_id} or FeatureName {feature}")
         locations.append(pred[position[str(image_id)], names.index(point), "xy".index(axis)])
     frame = pd.DataFrame({"RowId": lookup["RowId"], "Location": np.clip(locations, 0, KAGGLE_SIZE)})
-    with atomic_write(out, overwrite=overwrite, inputs=inputs, mode="w") as handle:
+    with atomic_write(out, overwrite=overwrite, inputs=inputs, mode="w", stream=True) as handle:
         frame.to_csv(handle, index=False)
     return len(frame)

@@ -56,10 +56,10 @@ def export_onnx(
         path = Path(target)
         from .fileio import check_target
 
-        check_target(path, overwrite=overwrite, inputs=inputs)  # before the export's seconds
+        check_target(path, overwrite=overwrite, inputs=inputs, stream=True)  # before the export's seconds
         buffer = io.BytesIO()
         reference = export_onnx(model, spec, buffer, example=example)
-        write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite, inputs=inputs)
+        write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite, inputs=inputs, stream=True)
         return reference
     was_training = model.training  # before the wrapper's eval() reaches the model
     graph = _UInt8Graph(model, spec.pixel_scale).eval()
@@ -73,7 +73,7 @@ def export_onnx(
                 torch.onnx.export(
                     graph,
                     (example,),
-                    target,
+                    target,  # type: ignore[arg-type]  # torch says str | PathLike; the dynamo=False exporter takes a file object
                     input_names=["images"],
                     output_names=outputs,
                     opset_version=OPSET,
@@ -109,7 +109,7 @@ def _fixed_pools(model: nn.Module, graph: nn.Module, dummy: torch.Tensor):
         shape = seen.get(pool)
         if shape is None or None in size or any(i % o for i, o in zip(shape, size)):
             continue
-        kernel = tuple(i // o for i, o in zip(shape, size))
+        kernel = (shape[0] // size[0], shape[1] // size[1])
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, nn.AvgPool2d(kernel, kernel))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from enum import Enum
-from typing import TypeVar
+from enum import Enum, EnumMeta
+from typing import Any, TypeVar
 
 from .decode import DEFAULT_MAX_PIXELS
-from .detect import DEFAULT_MIN_SCORE
 from .errors import UsageError
 from .zoo import SHIPPED_MODELS
 
@@ -144,7 +143,11 @@ class Engine(Choice):
 
 # A shipped model by name (``--model``): fast (the default) or accurate. The members are made from
 # the table in fkpbatch/zoo.py, the one place that names the shipped models and their files.
-Model = Choice("Model", {name: name for name in SHIPPED_MODELS}, module=__name__, qualname="Model")
+# EnumMeta.__call__ is what Choice(...) runs (Enum's functional API), named so that mypy, which checks
+# a call of this str-mixin class against str(), sees it; members made at run time: Any to mypy.
+Model: Any = EnumMeta.__call__(
+    Choice, "Model", {name: name for name in SHIPPED_MODELS}, module=__name__, qualname="Model"
+)
 Model.__doc__ = "``--model``: a shipped model by name (see ``fkpbatch models`` and fkpbatch/zoo.py)."
 
 
@@ -164,12 +167,14 @@ class Augment(Choice):
 
 
 # "Only faces become rows", measured on the shared photos with the shipped models
-# (benchmarks/quality_scale.py; README): clear faces have quality 0.36-0.58; the back of a head
+# (benchmarks/quality_scale.py; benchmarks/RESULTS.md): clear faces have quality 0.36-0.58; the back of a head
 # (img31) scores 0.867 and a blurred foreground profile 0.883, both quality 0.00 at about half the
 # subject's size, so 0.86 keeps them (as rows with quality 0.00); 0.9 would drop them but comes
 # within 0.05 quality of a real selfie face cut by the border (0.895, quality 0.25). Blurred faces
 # behind the subject measure 0.19 of its size.
 UNSURE_SCORE = 0.86
+# 0.8 keeps real but blurred background faces and drops most torsos and patterns seen on photos/.
+DEFAULT_MIN_SCORE = 0.8
 UNSURE_QUALITY = 0.2
 UNSURE_SIZE = 0.3
 

@@ -188,7 +188,7 @@ def _weak_perspective(image: np.ndarray, model: np.ndarray, focal: float) -> tup
     centre = image.mean(axis=0)
     affine, *_ = np.linalg.lstsq(model, image - centre, rcond=None)  # (3, 2): image ~ model @ affine
     a1, a2 = affine[:, 0], affine[:, 1]
-    scale = (np.linalg.norm(a1) + np.linalg.norm(a2)) / 2
+    scale = float(np.linalg.norm(a1) + np.linalg.norm(a2)) / 2
     r1, r2 = a1 / np.linalg.norm(a1), a2 / np.linalg.norm(a2)
     rotation = _nearest_rotation(np.stack([r1, r2, np.cross(r1, r2)]))
     depth = focal / max(scale, 1e-12)

@@ -4,6 +4,7 @@ annotated images, resume after a kill, and count what happened. The CLI only par
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -15,6 +16,7 @@ from .annotate import ContactSheet, draw_result, write_aligned
 from .discover import discover
 from .engine import Predictor
 from .errors import OutputError, UsageError
+from .fileio import stream_kind
 from .keypoints import has_ibug68, points_for
 from .options import PredictOptions
 from .results import columns_for
@@ -23,7 +25,9 @@ from .resume import (
     InputIdentities,
     OutputLock,
     check_folder,
+    drop_rows,
     lock_path,
+    match_rows,
     model_fingerprint,
     open_existing,
     sidecar_path,
@@ -56,6 +60,7 @@ class Summary:
     errors: int = 0
     skipped: int = 0
     resumed: int = 0
+    retried: int = 0  # --resume: images whose earlier rows said error, predicted again
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -65,6 +70,7 @@ class Summary:
 
     def line(self) -> str:
         done = f", {self.resumed} already done (resumed)" if self.resumed else ""
+        done += f", {self.retried} retried (failed before)" if self.retried else ""
         return (
             f"{self.images} images, {self.faces} faces, {self.no_face} without a face, {self.errors} errors, "
             f"{self.skipped} skipped (not images or hidden){done}; {self.rate:.1f} images/s"
@@ -159,7 +165,8 @@ def run_predict(
     """Run a whole prediction; ``on_start(total)`` and ``on_batch(n_done)`` drive a progress bar.
 
     Ctrl-C and SIGTERM (see :mod:`fkpbatch.interrupts`) stop it between whole batches; what was
-    predicted is written first, and the output stays one that ``--resume`` continues."""
+    predicted is written first, and the output stays one that ``--resume`` continues. A FIFO or a
+    device as ``out`` is written into like standard output: no lock, no sidecar, no --resume."""
     if request.points == "68" and not has_ibug68(predictor.spec.keypoints):
         raise UsageError("--points 68: these weights predict the 15 Kaggle points only")
     fmt = infer_format(request.out, request.fmt)
@@ -167,6 +174,11 @@ def run_predict(
         raise UsageError("--resume continues -o FILE and --overwrite replaces it: give one of them")
     if request.resume and request.out == "-":
         raise UsageError("--resume needs an output file (-o FILE)")
+    stream = request.out != "-" and stream_kind(request.out)
+    if request.resume and stream:
+        raise UsageError(f"--resume continues a file; {request.out} is {stream}, written as a stream like stdout")
+    if request.out == "-" and sys.stdout is None:
+        raise OutputError("standard output is closed; give -o FILE")
     found = discover(list(request.paths), recursive=request.recursive, from_list=request.from_list)
     files = without_own_outputs(found.files, request)
     if shard is not None:
@@ -178,13 +190,17 @@ def run_predict(
     summary = Summary(skipped=found.hidden)
     with ExitStack() as stack:
         existing, params = None, None
-        if request.out != "-":
+        if request.out != "-" and not stream:
             params = run_parameters(predictor, request, options, fmt, shard)
             existing = _open_output(request, fmt, params, columns, inputs, stack, summary.warnings)
-        done = existing.done if existing else set()
+        matched = match_rows(existing, files) if existing else None
+        if matched is not None:
+            drop_rows(Path(request.out), existing, matched.drop)  # failed before: predicted again
+        done = matched.done if matched else set()
         todo = [f for f in files if f.name not in done]
-        summary.resumed = len(files) - len(todo)
-        if existing and existing.dropped and existing.dropped not in {f.name for f in todo}:
+        summary.resumed = len(done)
+        summary.retried = len(matched.retried) if matched else 0
+        if matched is not None and not matched.dropped_is_input:
             summary.warnings.append(
                 f"{existing.dropped}: its rows ended the output of a run that was stopped, maybe "
                 "incomplete, so they were removed; it is not among this run's inputs"

@@ -2,6 +2,9 @@
 
 A log gets one line at a steady pace (every ``interval`` seconds, and at each tenth of the work),
 ``label: done/total unit (percent), rate unit/s, ETA h:mm:ss``, never wrapped and never redrawn.
+
+Nothing written to stderr can stop a run: :data:`STDERR` drops a message it cannot write (a full
+disk under ``2> log.txt``, ``2>/dev/full``, a closed terminal) and lets the work go on.
 """
 
 from __future__ import annotations
@@ -14,11 +17,56 @@ from typing import TextIO
 DEFAULT_INTERVAL = 10.0  # seconds between two progress lines in a log
 
 
+class _Stderr:
+    """``sys.stderr`` as it is at each call (tests and callers swap it), except that a write or
+    flush that fails (OSError; ValueError: closed) is dropped: logging never costs the output."""
+
+    @staticmethod
+    def _stream():
+        stream = sys.stderr
+        return getattr(stream, "rich_proxied_file", stream)  # under a rich live display: the real one
+
+    def write(self, text: str) -> int:
+        try:
+            stream = self._stream()
+            if stream is not None:
+                stream.write(text)
+        except (OSError, ValueError):
+            pass
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            stream = self._stream()
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def isatty(self) -> bool:
+        try:
+            return bool(self._stream().isatty())
+        except (AttributeError, OSError, ValueError):
+            return False
+
+    def __getattr__(self, name: str):
+        if name.startswith("rich_"):  # never handed over to rich: it would bypass this wrapper
+            raise AttributeError(name)
+        return getattr(self._stream(), name)
+
+
+STDERR: TextIO = _Stderr()  # type: ignore[assignment]
+
+
 def say(message: str, stream: TextIO | None = None) -> None:
-    """One whole line on stderr (no markup, no wrapping, flushed at once)."""
-    stream = stream or sys.stderr
-    stream.write(message.rstrip("\n") + "\n")
-    stream.flush()
+    """One whole line on stderr (no markup, no wrapping, flushed at once); a line that cannot be
+    written is dropped."""
+    stream = stream or STDERR
+    try:
+        stream.write(message.rstrip("\n") + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def duration(seconds: float) -> str:

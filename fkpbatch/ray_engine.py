@@ -157,7 +157,11 @@ def run_ray(
         }
         for f in files
     ]
-    dataset = ray.data.from_items(rows).map(_crop, fn_kwargs={"spec_json": json.dumps(spec), "options": options})
+    # Ray annotates map's fn as taking the row alone; fn_kwargs passes _crop its other arguments
+    dataset = ray.data.from_items(rows).map(
+        _crop,  # type: ignore[arg-type]
+        fn_kwargs={"spec_json": json.dumps(spec), "options": options},
+    )
     dataset = dataset.map_batches(
         _KeypointActor,
         fn_constructor_kwargs={

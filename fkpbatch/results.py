@@ -53,7 +53,7 @@ class FaceResult:
     keypoints: np.ndarray
     """(K, 2) float array of (x, y) in original-image pixels."""
     quality: float | None
-    """0..1 from the heatmaps' sharpness (see README, Output schema); None for regression models."""
+    """0..1 from the heatmaps' sharpness (docs/outputs.md, "Quality"); None for regression models."""
     names: tuple[str, ...] = ()
     """Keypoint names, in the rows' order of ``keypoints`` (empty = the shipped 15 or 83-point layout)."""
     pose: tuple[float, float, float] | None = None

@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .discover import real_name
 from .errors import OutputError
-from .fileio import write_bytes_atomic
+from .fileio import atomic_write, kind_of, write_bytes_atomic
 from .writers import unprotect
 
 SIDECAR_SUFFIX = ".fkpbatch.json"
@@ -67,7 +68,13 @@ def check_folder(out: Path) -> None:
 class OutputLock:
     """An exclusive lock on ``.OUT.fkpbatch.lock`` (a POSIX lock: released by the kernel when the
     process dies, even by SIGKILL; works on NFS with lockd). A second run on the same output gets
-    an OutputError naming the first (pid, host, start time)."""
+    an OutputError naming the first (pid, host, start time).
+
+    The lock file is created like the output, mode 0666 less the umask, so that whoever may write
+    the output may lock it. One that a killed run left behind and this user cannot open for
+    writing (another user's, made under a stricter umask or by fkpbatch <= 0.3) is replaced when
+    nobody holds its lock: it carries nothing but the lock, and the kernel released that when its
+    holder died. See :meth:`_replace_leftover` for the race with a live holder."""
 
     def __init__(self, out: Path):
         self.out, self.path, self.fd = Path(out), lock_path(Path(out)), None
@@ -77,20 +84,16 @@ class OutputLock:
         import fcntl
 
         for _ in range(20):  # another run may remove the lock file between our open and our lock
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise OutputError(f"cannot lock {self.out}: {self.path}: {exc.strerror}") from None
+            fd = self._open()
+            if fd is None:
+                continue
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 if exc.errno in (errno.EACCES, errno.EAGAIN):
-                    holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "starting"
+                    busy = self._busy(fd)
                     os.close(fd)
-                    raise OutputError(
-                        f"{self.out} is being written by another fkpbatch run ({holder}); "
-                        "one output takes one run at a time"
-                    ) from None
+                    raise busy from None
                 os.close(fd)  # a file system without locks: go on, and say so
                 self.warning = f"{self.out}: cannot lock ({exc.strerror}); make sure no other run writes it"
                 return self
@@ -108,6 +111,104 @@ class OutputLock:
                 return self
             os.close(fd)
         raise OutputError(f"cannot lock {self.out}: {self.path} keeps changing")
+
+    def _open(self) -> int | None:
+        """The lock file open for writing, created if need be (None: it changed meanwhile, try again)."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        self._check_regular(None)
+        try:  # without O_CREAT first: fs.protected_regular refuses it on another user's file in /tmp
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            try:  # mode 0666: the kernel takes the umask off, as for the output
+                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                return None
+            except OSError as exc:
+                raise OutputError(f"cannot lock {self.out}: {self.path}: {exc.strerror}") from None
+        except (PermissionError, OSError) as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutputError(f"cannot lock {self.out}: {self.path} is a symbolic link") from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                return self._replace_leftover(exc)
+            raise OutputError(f"cannot lock {self.out}: {self.path}: {exc.strerror}") from None
+        try:
+            self._check_regular(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _check_regular(self, fd: int | None) -> None:
+        """A FIFO or device at the lock's name is never opened (it could hang) nor used."""
+        try:
+            st = os.fstat(fd) if fd is not None else os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        kind = kind_of(st.st_mode)
+        if kind is not None:
+            raise OutputError(f"cannot lock {self.out}: {self.path} is {kind}, not a lock file; remove it")
+
+    def _busy(self, fd: int) -> OutputError:
+        try:
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "starting"
+        except OSError:
+            holder = "unknown"
+        return OutputError(
+            f"{self.out} is being written by another fkpbatch run ({holder}); one output takes one run at a time"
+        )
+
+    def _replace_leftover(self, why: OSError) -> None:
+        """A lock file this user may not write. If its lock is free, its holder is gone (the kernel
+        drops a POSIX lock when the process dies): remove it, and the caller creates a new one.
+
+        The race with a live holder: the file is opened read-only and read-locked (a shared lock
+        needs read access only) before it is removed, and stays so until it is gone. While this
+        shared lock is held, nobody can take the exclusive lock on that file, so a run of its owner
+        that starts at the same moment fails to lock it and says the output is busy (a false
+        alarm, never two writers); a run that opened it earlier and locks it after its removal
+        finds, as every run does after locking, that the name no longer leads to its file, and
+        tries again with the new one. What remains: two runs replacing the same leftover in the
+        same microsecond while a third creates its lock between them; not guarded against."""
+        import fcntl
+
+        cannot = f"cannot lock {self.out}: {self.path} ({why.strerror})"
+        try:
+            old = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise OutputError(
+                f"{cannot} cannot be read either ({exc.strerror}): if no fkpbatch run writes {self.out}, remove it"
+            ) from None
+        try:
+            self._check_regular(old)
+            try:
+                fcntl.lockf(old, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EAGAIN):
+                    raise self._busy(old) from None
+                raise OutputError(
+                    f"{cannot}: it cannot be checked ({exc.strerror}); remove it if no run writes {self.out}"
+                ) from None
+            try:
+                now = os.lstat(self.path)
+            except FileNotFoundError:
+                return None
+            mine = os.fstat(old)
+            if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+                return None  # replaced meanwhile: look again
+            try:
+                os.unlink(self.path)  # left by a run that died: nobody holds its lock
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise OutputError(
+                    f"{cannot} was left by a run that ended and cannot be replaced here ({exc.strerror}); "
+                    "ask its owner to remove it"
+                ) from None
+            return None
+        finally:
+            os.close(old)  # releases the shared lock
 
     def __exit__(self, *_) -> None:
         if self.fd is None:
@@ -150,11 +251,27 @@ def model_fingerprint(model, spec) -> str:
     return digest.hexdigest()[:16]
 
 
+def read_regular(path: Path, what: str) -> bytes:
+    """The bytes of ``path``, which must be a regular file: a FIFO or device is never opened for
+    reading (it could wait forever), only named in an OutputError (``what``: what belongs there)."""
+    kind = kind_of(os.stat(path).st_mode)  # FileNotFoundError: the caller's to handle
+    if kind is None:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # no wait, should it change now
+        try:
+            st = os.fstat(fd)
+            kind = kind_of(st.st_mode)
+            if kind is None:
+                return _read_all(fd, st.st_size)
+        finally:
+            os.close(fd)
+    raise OutputError(f"{path} is {kind}, not {what}; it is not read (remove it)")
+
+
 def read_sidecar(out: Path) -> dict | None:
     """The sidecar of ``out``, None if there is none."""
     path = sidecar_path(out)
     try:
-        record = json.loads(path.read_bytes())
+        record = json.loads(read_regular(path, f"the sidecar of {out}"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
@@ -203,6 +320,9 @@ class Existing:
     done: set[str] = field(default_factory=set)
     objects: list | None = None  # JSON: the images already written
     dropped: str | None = None  # the last image, cut because the previous run may have died inside it
+    # images (of ``done``) whose row says ``error``: --resume predicts them again. CSV/JSONL: the
+    # byte span of their rows, cut out of the file by :func:`drop_rows`; JSON: None.
+    failed: dict[str, tuple[int, int] | None] = field(default_factory=dict)
 
 
 def open_existing(out: Path, fmt: str, params: dict, columns: list[str], inputs, *, safe: bool) -> Existing | None:
@@ -301,6 +421,7 @@ def _scan_csv(out: Path, data: bytes, columns: list[str], *, safe: bool, clean: 
             else "its header is not this run's",
         )
     seen: set[str] = set()
+    failed: dict[str, tuple[int, int]] = {}
     image, face, last_start, count = None, -1, 1, 1
     for count, row in enumerate(reader, start=2):
         if len(row) != len(columns):
@@ -310,16 +431,22 @@ def _scan_csv(out: Path, data: bytes, columns: list[str], *, safe: bool, clean: 
                 raise _not_ours(out, f"the rows of {row[0]!r} are not together (written twice?)")
             image, face, last_start = row[0], -1, count - 1
             seen.add(image)
+            if row[2] == "error":
+                failed[image] = (ends[count - 2], ends[count - 1])  # record ``count`` (the header is 1)
+        elif image in failed:
+            failed[image] = (failed[image][0], ends[count - 1])
         if row[1] != str(face + 1) or row[2] not in STATUSES:
             raise _not_ours(out, f"record {count}: face {row[1]!r}, status {row[2]!r}")
         face += 1
     if count != len(ends):
         raise _not_ours(out, "its quoting is not the one fkpbatch writes")
-    existing = Existing(None, ends[-1], {unprotect(n) if safe else n for n in seen})
+    name = unprotect if safe else str
+    existing = Existing(None, ends[-1], {name(n) for n in seen}, failed={name(n): v for n, v in failed.items()})
     if image is not None and not (clean and ends[-1] == len(data)):
         existing.keep = ends[last_start - 1]  # the last image may lack faces: redo it
-        existing.dropped = unprotect(image) if safe else image
+        existing.dropped = name(image)
         existing.done.discard(existing.dropped)
+        existing.failed.pop(existing.dropped, None)
     return existing
 
 
@@ -336,13 +463,18 @@ def _check_object(out: Path, obj, where: str, done: set[str]) -> str:
 def _scan_jsonl(out: Path, data: bytes, columns: list[str], *, safe: bool, clean: bool) -> Existing:
     end = data.rfind(b"\n") + 1  # JSON escapes CR and LF in strings: only a line feed ends a record
     done: set[str] = set()
+    failed: dict[str, tuple[int, int] | None] = {}
+    start = 0
     for number, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
         try:
             obj = json.loads(line.decode("utf-8"))
         except ValueError:
             raise _not_ours(out, f"line {number} is not JSON") from None
         done.add(_check_object(out, obj, f"line {number}", done))
-    return Existing(None, end, done)
+        if obj["status"] == "error":
+            failed[obj["image"]] = (start, start + len(line) + 1)
+        start += len(line) + 1
+    return Existing(None, end, done, failed=failed)
 
 
 def _scan_json(out: Path, data: bytes, columns: list[str], *, safe: bool, clean: bool) -> Existing:
@@ -355,4 +487,106 @@ def _scan_json(out: Path, data: bytes, columns: list[str], *, safe: bool, clean:
     done: set[str] = set()
     for number, obj in enumerate(objects):
         done.add(_check_object(out, obj, f"item {number}", done))
-    return Existing(None, 0, done, objects)
+    failed: dict[str, tuple[int, int] | None] = {obj["image"]: None for obj in objects if obj["status"] == "error"}
+    return Existing(None, 0, done, objects, failed=failed)
+
+
+@dataclass
+class Matched:
+    """How this run's inputs meet the rows of the output it continues (:func:`match_rows`)."""
+
+    done: set[str]  # names of this run's inputs whose rows are there: not predicted again
+    retried: set[str]  # names of this run's inputs whose rows say error: predicted again ...
+    drop: set[str]  # ... and these rows (their names as the output writes them) removed first
+    dropped_is_input: bool  # the image cut from the end of the output (Existing.dropped) is an input
+
+
+def match_rows(existing: Existing, files) -> Matched:
+    """Which of ``files`` (InputFile) the output already holds. A row matches an input by its name
+    or, when the output names it otherwise, by the directory entry both names lead to (the
+    device and inode of the folder, and the file's name in it: :class:`EntryKeys`), so
+    ``p/a.jpg``, ``./p/a.jpg``, ``/abs/p/a.jpg`` and a linked folder's ``q/a.jpg`` are one image;
+    two hard links are two entries, two images, as in a fresh run. A row's relative name is taken
+    from the current folder. An input whose rows all say ``error`` is retried; ``no_face`` rows
+    are final."""
+    names = {f.name for f in files}
+    rows_of: dict[str, list[str]] = {f.name: [f.name] for f in files if f.name in existing.done}
+    strays = sorted(existing.done - names)  # written under names no input has: maybe other spellings
+    dropped = existing.dropped
+    dropped_is_input = dropped is None or dropped in names
+    if strays or not dropped_is_input:
+        keys = EntryKeys()
+        by_key: dict[tuple, list[str]] = {}
+        for row in strays + ([] if dropped_is_input else [dropped]):
+            key = keys(real_name(row))
+            if key is not None:
+                by_key.setdefault(key, []).append(row)
+        for item in files:
+            for row in by_key.get(keys(os.fsdecode(item.path)), ()):
+                if row == dropped:
+                    dropped_is_input = True
+                else:
+                    rows_of.setdefault(item.name, []).append(row)
+    done, retried, drop = set(), set(), set()
+    for name, rows in rows_of.items():
+        if all(row in existing.failed for row in rows):
+            retried.add(name)
+            drop.update(rows)
+        else:
+            done.add(name)
+    return Matched(done, retried, drop, dropped_is_input)
+
+
+class EntryKeys:
+    """``(st_dev, st_ino, name)`` of a path's folder and its last part: the directory entry the
+    path names, whichever way it is spelt; None when its folder cannot be reached. Folders are
+    looked up once."""
+
+    def __init__(self):
+        self._folders: dict[str, tuple[int, int] | None] = {}
+
+    def __call__(self, path: str) -> tuple | None:
+        folder, name = os.path.split(path)
+        folder = folder or "."
+        if folder not in self._folders:
+            try:
+                st = os.stat(folder)
+                self._folders[folder] = (st.st_dev, st.st_ino)
+            except (OSError, ValueError):
+                self._folders[folder] = None
+        found = self._folders[folder]
+        return None if found is None or name in ("", ".", "..") else (*found, name)
+
+
+def drop_rows(out: Path, existing: Existing, rows: set[str]) -> None:
+    """Remove the rows of the images ``rows`` (of ``existing.failed``) before they are predicted
+    again: JSON from the objects it rewrites anyway; CSV/JSONL by rewriting the kept part of the
+    file without them, atomically (a temporary file renamed over it, with its permissions), and
+    continuing the new file."""
+    if not rows:
+        return
+    if existing.objects is not None:
+        existing.objects = [obj for obj in existing.objects if obj["image"] not in rows]
+        return
+    data = _read_all(existing.fd, existing.keep)[: existing.keep]
+    parts, at = [], 0
+    for start, end in sorted(existing.failed[row] for row in rows):
+        parts.append(data[at:start])
+        at = end
+    parts.append(data[at:])
+    kept = b"".join(parts)
+    mode = stat.S_IMODE(os.fstat(existing.fd).st_mode)
+    fd = None
+    try:
+        with atomic_write(out, overwrite=True) as handle:
+            handle.write(kept)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            fd = os.dup(handle.fileno())
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    os.close(existing.fd)
+    existing.fd, existing.keep = fd, len(kept)
+    existing.done -= rows

@@ -49,7 +49,8 @@ class _Extent:
     canvas of ``canvas`` (H, W) px, a multiple of 32, so a level of h rows has stride H / h."""
 
     def __init__(self, sizes: torch.Tensor, canvas: tuple[int, int]):
-        self.sizes, self.canvas, self.masks = sizes, canvas, {}
+        self.sizes, self.canvas = sizes, canvas
+        self.masks: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2:]
@@ -117,7 +118,7 @@ class RetinaFaceNet(nn.Module):
         multiples of 32 (see the module's docstring); None = each image fills ``x``."""
         if sizes is not None and (x.shape[2] % 32 or x.shape[3] % 32):
             raise ValueError(f"a canvas with sizes must be a multiple of 32 px, not {tuple(x.shape[2:])}")
-        mask = _identity if sizes is None else _Extent(sizes.to(x.device), tuple(x.shape[2:]))
+        mask = _identity if sizes is None else _Extent(sizes.to(x.device), (x.shape[2], x.shape[3]))
         features = []
         # only what a 3x3 convolution reads must be zero outside the extents: a depthwise layer's
         # output feeds a 1x1 convolution, whose output is masked before the next 3x3 one

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .discover import InputFile
 from .errors import OutputError, UsageError
-from .fileio import write_bytes_atomic
+from .fileio import stream_kind, write_bytes_atomic
 from .resume import (
     JSON_KEYS,
     SIDECAR_SUFFIX,
@@ -24,8 +24,10 @@ from .resume import (
     OutputLock,
     check_folder,
     describe_differences,
+    read_regular,
     read_sidecar,
     record_ends,
+    sidecar_path,
     write_sidecar,
 )
 from .writers import csv_text, unprotect
@@ -67,7 +69,7 @@ def _read_output(path: Path) -> tuple[list[str] | None, list, str, dict | None, 
     if fmt not in ("csv", "jsonl"):
         raise UsageError(f"{path}: merge combines CSV or JSONL outputs, not {fmt}")
     try:
-        data = path.read_bytes()
+        data = read_regular(path, "a shard output")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not data and record is None:
@@ -163,28 +165,47 @@ def merge_outputs(
     """Concatenate shard outputs sorted by image; refuse doubled images and shards made with other
     options; with ``expected`` (all input names), report the missing ones by the shard (of
     ``shards``; default: one per input) that should have held them. ``out`` is written whole
-    through a temporary file: never an input, never an existing file without ``overwrite``."""
+    through a temporary file: never an input, never an existing file without ``overwrite``; a FIFO
+    or device (/dev/stdout) is written into, without a lock or a sidecar.
+
+    A shard without its sidecar cannot show which model and options made it: the report's
+    ``warnings`` say so, and such shards must still agree in their columns (CSV) or keypoints
+    and pose (JSONL) with the others."""
     inputs = [p for p in inputs if not p.name.endswith(SIDECAR_SUFFIX)]  # read with their output
     if not inputs:
         raise UsageError("no shard outputs to merge")
     for path in inputs:
         if not path.is_file():
             raise UsageError(f"{path}: no such shard output")
+    if stream_kind(out) is not None:
+        return _merge(inputs, out, expected, overwrite, shards)
     check_folder(out)
     with OutputLock(out):
         return _merge(inputs, out, expected, overwrite, shards)
 
 
+def _layouts(objects: list) -> set:
+    """The keypoint names (and whether a pose) of the faces of JSONL records: one per model and --points."""
+    found = set()
+    for obj in objects:
+        for face in obj.get("faces") or ():
+            if isinstance(face, dict) and isinstance(face.get("keypoints"), dict):
+                found.add((tuple(face["keypoints"]), "pose" in face))
+    return found
+
+
 def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite: bool, shards: int | None) -> dict:
-    if os.path.lexists(out) and not overwrite:
+    stream = stream_kind(out) is not None
+    if os.path.lexists(out) and not overwrite and not stream:
         raise OutputError(f"{out} exists; pass --overwrite to replace it")
-    header, records, fmt, runs, dropped = None, [], None, [], []
+    header, records, fmt, runs, dropped, warnings = None, [], None, [], [], []
+    layout: tuple[Path, tuple] | None = None
     for path in inputs:
         head, rows, kind, record, left_out = _read_output(path)
         if fmt is not None and kind != fmt:
             raise UsageError(f"{path}: cannot merge {kind} with {fmt}")
         if header is not None and head is not None and head != header:
-            raise UsageError(f"{path}: its columns differ from {inputs[0]}")
+            raise UsageError(f"{path}: its columns differ from {inputs[0]}'s (another model, --points or --pose)")
         if record is not None:
             run = dict(record["params"], shard=None)
             if runs and run != runs[0][1]["params"]:
@@ -193,6 +214,16 @@ def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite:
                     f"{describe_differences(runs[0][1]['params'], run)}"
                 )
             runs.append((path, dict(record, params=run)))
+        else:
+            warnings.append(
+                f"{path} has no {sidecar_path(path).name}: which model and options made it cannot be checked"
+            )
+        for found in _layouts(rows) if kind == "jsonl" else ():
+            if layout is not None and found != layout[1]:
+                raise UsageError(
+                    f"{path}: its faces have other keypoints than {layout[0]}'s (another model, --points or --pose)"
+                )
+            layout = layout or (path, found)
         header, fmt = header or head, kind
         records += [(path, r) for r in rows]
         dropped += [(path, left_out)] if left_out is not None else []
@@ -228,8 +259,8 @@ def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite:
             f"{len(missing)} images not in any shard output (e.g. {missing[0]}), and the outputs do not record "
             "the shard count (no --shard in their sidecars); pass --shards N to name the incomplete shards"
         )
-    write_bytes_atomic(out, text, overwrite=overwrite, inputs=inputs)
-    if runs and len(runs) == len(inputs):  # the merged file is an output of the same run: --resume continues it
+    write_bytes_atomic(out, text, overwrite=overwrite, inputs=inputs, stream=True)
+    if runs and len(runs) == len(inputs) and not stream:  # an output of the same run: --resume continues it
         first = runs[0][1]
         size = len(text.encode("utf-8"))
         write_sidecar(out, first["params"], first.get("columns") or header, size, names=first.get("names"))
@@ -240,4 +271,5 @@ def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite:
         "missing": missing,
         "incomplete_shards": dict(sorted(incomplete.items())),
         "dropped": [(str(path), image) for path, image in dropped],
+        "warnings": warnings,
     }

@@ -7,10 +7,10 @@ import io
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from .errors import DataError, FkpError, TrainingDiverged, UsageError
 from .fileio import write_bytes_atomic
 from .keypoints import KAGGLE_POINTS, has_ibug68, points_for
 from .metrics import nme_per_face, rmse
-from .progress import LineProgress
+from .progress import STDERR, LineProgress
 from .transforms import Framing
 from .zoo import SHIPPED_MODELS, model_path
 
@@ -66,7 +66,7 @@ def build_datasets(config: TrainConfig, warn=print):
                 f"{path}: every keypoint label is empty; nothing to learn from (are these the unlabelled test images?)"
             )
         is_val = split_by_group(table.names, config.val_split, config.group_by, config.seed)
-        common = dict(input_size=config.input_size, framing=framing, label_offset=label_offset)
+        common: dict[str, Any] = dict(input_size=config.input_size, framing=framing, label_offset=label_offset)
         train_parts.append(FaceDataset(table, np.flatnonzero(~is_val), augment=augment, jitter=config.jitter, **common))
         val_parts.append(FaceDataset(table, np.flatnonzero(is_val), **common))
         val_names += [f"{path.name}:{table.names[i]}" for i in np.flatnonzero(is_val)]
@@ -104,9 +104,7 @@ def train_one_epoch(
     ``lines``: a :class:`~fkpbatch.progress.LineProgress` for logs (``train -v`` off a terminal)."""
     model.train()
     total, count, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
-    bar = tqdm(
-        loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show_progress, file=sys.stderr
-    )
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show_progress, file=STDERR)
     if lines is not None:
         lines.label = f"epoch {epoch + 1}/{config.epochs}"
         lines.start(len(loader))
@@ -486,7 +484,7 @@ def _set_up(config: TrainConfig, out_dir: Path, state: dict | None, log) -> _Run
         raise DataError("no training rows left after the validation split; lower --val-split")
     spec = ModelSpec(config.arch, keypoints, config.input_size, Framing(config.framing_scale, config.framing_shift))
     model = _initial_model(spec, config.init) if config.init and state is None else spec.build()
-    model = model.to(device, memory_format=torch.channels_last)  # 1.4x faster on CPU too
+    model = model.to(device).to(memory_format=torch.channels_last)  # 1.4x faster on CPU too
     train_loader = _loader(train_set, config, True, device)
     optimizer, scheduler = _make_optimizer(model, config, len(train_loader))
     run = _Run(

@@ -7,6 +7,7 @@ or is interrupted. CSV text cells are made spreadsheet-safe (:func:`protect`) un
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import interrupts
-from .errors import OutputError, UsageError
-from .fileio import atomic_write
+from .errors import OutputError, PipeClosed, UsageError
+from .fileio import atomic_write, open_stream, stream_kind, write_error
 from .results import RowLayout
 
 if TYPE_CHECKING:
@@ -57,7 +58,8 @@ def csv_text(rows: Iterable[list], *, safe: bool = False) -> str:
 
 
 def infer_format(out: str, fmt: str | None) -> str:
-    """``--format`` wins; otherwise the output's extension (.csv, .json, .jsonl); CSV on stdout."""
+    """``--format`` wins; otherwise the output's extension (.csv, .json, .jsonl); CSV on stdout
+    and on a FIFO or device without one of these extensions (/dev/null, bash's ``>(cmd)``)."""
     if fmt:
         if fmt not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -65,6 +67,8 @@ def infer_format(out: str, fmt: str | None) -> str:
     if out == "-":
         return "csv"
     suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in FORMATS and stream_kind(out) is not None:
+        return "csv"
     if suffix not in FORMATS:
         raise UsageError(
             f"-o {out}: unknown output extension {Path(out).suffix or '(none)'!r}; "
@@ -77,7 +81,8 @@ class ResultWriter:
     """Writes results in ``fmt`` to ``out`` (``-`` = stdout); use as a context manager.
 
     A new file is created through :func:`fileio.atomic_write` (``overwrite`` may replace an
-    existing one). ``resume_fd``/``keep``: an open, checked existing CSV/JSONL output, cut to its
+    existing one). A FIFO, socket or device is written into like stdout (:func:`fileio.open_stream`:
+    never replaced, never truncated; a block device needs ``overwrite``). ``resume_fd``/``keep``: an open, checked existing CSV/JSONL output, cut to its
     first ``keep`` bytes and appended to; ``objects``: the images of an existing JSON output, kept
     in front. ``safe``: spreadsheet-safe CSV text cells. ``committed`` is the length of the file
     up to the last whole batch written.
@@ -100,6 +105,8 @@ class ResultWriter:
         self.out, self.fmt, self.safe = out, fmt, safe
         self.layout = RowLayout(keypoints, points, pose)
         self.path = None if out == "-" else Path(out)
+        # stdout, a FIFO or a device: written as a stream (nothing cut back, JSON closed at the end)
+        self.stream = self.path is None or stream_kind(self.path) is not None
         self.rows_written = 0
         self.broken = False  # a write failed: nothing more is written
         self.clean = True  # the file ends on a whole batch
@@ -107,7 +114,11 @@ class ResultWriter:
         self._fd = None
         self._json = None
         if self.path is None:
+            if sys.stdout is None:
+                raise OutputError("standard output is closed; give -o FILE")
             sys.stdout.flush()
+        elif self.stream:
+            self._fd = open_stream(self.path, overwrite=overwrite)
         elif fmt == "json":
             # --resume rewrites the JSON it continues (objects); anything else needs --overwrite
             self._json = atomic_write(self.path, overwrite=overwrite or objects is not None)
@@ -121,8 +132,8 @@ class ResultWriter:
                 if fmt == "csv":
                     handle.write(csv_text([self.layout.columns]).encode("utf-8"))
                 self._fd = os.dup(handle.fileno())
-        self.committed = os.lseek(self._fd, 0, os.SEEK_CUR) if self.path is not None else 0
-        if fmt == "csv" and (self.path is None or (resume_fd is not None and keep == 0)):
+        self.committed = 0 if self.stream else os.lseek(self._fd, 0, os.SEEK_CUR)
+        if fmt == "csv" and (self.stream or (resume_fd is not None and keep == 0)):
             self._write(csv_text([self.layout.columns]))
         elif fmt == "json":
             self._write("[\n")
@@ -143,17 +154,21 @@ class ResultWriter:
                     return
                 while data:
                     data = data[os.write(self._fd, data) :]
-                self.committed = os.lseek(self._fd, 0, os.SEEK_CUR)
+                if not self.stream:
+                    self.committed = os.lseek(self._fd, 0, os.SEEK_CUR)
         except OSError as exc:
             self.broken = True
-            if self.path is not None and self.fmt != "json":
+            if not self.stream and self.fmt != "json":
                 try:
                     os.ftruncate(self._fd, self.committed)
                 except OSError:
                     self.clean = False
-            what = "stdout" if self.path is None else str(self.path)
-            hint = "" if self.path is None or self.fmt == "json" else "; it holds whole images; continue with --resume"
-            raise OutputError(f"cannot write {what}: {exc.strerror or exc}{hint}") from None
+            if self.path is None:
+                if exc.errno == errno.EPIPE:
+                    raise PipeClosed("standard output: the reader closed the pipe") from None
+                raise OutputError(f"cannot write stdout: {exc.strerror or exc}") from None
+            hint = "" if self.stream or self.fmt == "json" else "; it holds whole images; continue with --resume"
+            raise write_error(self.path, exc, hint) from None
 
     def _write_json(self, lines: list[str]) -> None:
         self._write(("" if self._first_json else ",\n") + ",\n".join(lines))
@@ -180,9 +195,14 @@ class ResultWriter:
         """Finish the file: JSON is closed and renamed into place (unless a write failed, which
         leaves the previous output as it was); CSV/JSONL are synced to disk. On stdout, JSON's
         array is closed too, so what a stopped run printed still parses."""
-        if self.path is None:
-            if self.fmt == "json":
-                self._write("\n]\n")
+        if self.stream:
+            try:
+                if self.fmt == "json":
+                    self._write("\n]\n")
+            finally:
+                if self.path is not None and self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
             return
         if self.fmt == "json":
             self._write("\n]\n")

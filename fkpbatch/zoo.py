@@ -10,6 +10,7 @@ The files live in the repository's top-level ``weights/`` folder, installed as t
 from __future__ import annotations
 
 import importlib.resources
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def model_path(name: str = DEFAULT_MODEL) -> Path:
     return shipped_file(SHIPPED_MODELS[name].file)
 
 
-def resolve_weights(weights: str | Path | None = None, model: str | None = None) -> Path:
+def resolve_weights(weights: str | os.PathLike[str] | None = None, model: str | None = None) -> Path:
     """The checkpoint to load: ``weights`` (your own file), else the shipped ``model`` (default
     :data:`DEFAULT_MODEL`). Giving both is a usage error."""
     if weights is not None and model is not None:

@@ -68,3 +68,52 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+PROCESS_STATE = r"""
+import os, signal, sys, warnings
+import torch
+from PIL import Image, ImageFile
+
+def state():
+    return {
+        "threads": torch.get_num_threads(),
+        "signals": {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)},
+        "umask": open("/proc/self/status").read().split("Umask:")[1].split()[0],
+        "fds": sorted(os.listdir("/proc/self/fd")),
+        "env": dict(os.environ),
+        "pillow": (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES),
+        "warnings": list(warnings.filters),
+    }
+
+def handler(signum, frame):
+    pass
+
+torch.set_num_threads(1)
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(s, handler)
+os.umask(0o027)
+Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = 1234567, True
+before = state()
+import fkpbatch
+for workers in (0, 1):
+    frame = fkpbatch.predict(sys.argv[1], workers=workers, pose=True)
+    assert len(frame) >= 4, frame
+after = state()
+changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+print(changed or "unchanged")
+"""
+
+
+def test_a_library_call_leaves_the_process_as_it_found_it(tmp_path):
+    """fkpbatch.predict (workers or not, ONNX export included) leaves signal handlers, umask, file
+    descriptors, torch threads, Pillow flags, warning filters and the environment as they were."""
+    import subprocess
+    import sys
+
+    examples = PACKAGE.parent / "examples"
+    run = subprocess.run(
+        [sys.executable, "-c", PROCESS_STATE, str(examples)], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "unchanged", run.stdout

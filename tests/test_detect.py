@@ -164,3 +164,21 @@ def test_unsure_detections_are_not_faces():
     assert Predictor.only_faces([subject, painted, blurred], options) == [subject, blurred]
     assert Predictor.only_faces([painted], options) == [painted]  # alone in its picture: kept
     assert Predictor.only_faces([subject, painted], PredictOptions(unsure_score=0)) == [subject, painted]
+
+
+def test_faces_largest_chooses_among_faces_after_the_doubtful_rule():
+    """A doubtful detection bigger than the clear subject (the back of a head nearer the camera) is
+    never the one face kept by --faces largest; among clear faces the biggest wins."""
+    from fkpbatch.engine import FaceResult, PredictOptions, Predictor
+    from fkpbatch.transforms import Box
+
+    def face(size, score, quality):
+        return FaceResult(Box(0, 0, size), score, np.zeros((15, 2)), quality)
+
+    largest = PredictOptions(faces="largest")
+    head, subject, friend = face(600, 0.81, 0.0), face(400, 0.999, 0.45), face(300, 0.99, 0.40)
+    assert Predictor.only_faces([head, subject, friend], largest) == [subject]
+    small_doubtful = face(50, 0.81, 0.0)  # kept beside the subject by --faces all, but not the largest
+    assert Predictor.only_faces([small_doubtful, subject], largest) == [subject]
+    assert Predictor.only_faces([head], largest) == [head]  # alone: still the face of its picture
+    assert Predictor.only_faces([], largest) == []

@@ -70,7 +70,9 @@ def test_models_lists_shipped_models_with_card_figures_and_architectures():
         assert model.file in line and f"{model.input_size} px" in line and f"{model.faces_per_s} faces/s" in line
         assert f"NME {model.nme_faces15:.2f} % / {model.nme68_300w:.2f} %" in line
     assert "fkpnet68.pt" in fast and "fkpnet68_128.pt" in accurate
-    assert re.search(r"Architectures.*fkpnet, fkpnet_small, fkpnet_tiny, fkpnet_wide, seed", result.stdout)
+    assert re.search(
+        r"Architectures.*fkpnet, fkpnet_lite0, fkpnet_small, fkpnet_tiny, fkpnet_wide, seed", result.stdout
+    )
 
 
 def test_model_by_name_selects_the_shipped_file_and_excludes_weights(tiny_weights):

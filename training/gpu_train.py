@@ -1,14 +1,14 @@
 """Train candidate models side by side on one GPU machine within a fixed time, then run the GPU
 tests and a short GPU throughput benchmark: one prepared command for a lent machine.
 
-    python3 benchmarks/gpu_train.py OUT_DIR [--train-seconds 350] [--data .gpudata]
-    python3 benchmarks/gpu_train.py OUT_DIR --run accurate:fkpnet_wide:128:weights/fkpnet68_128.pt:5e-4
+    python3 training/gpu_train.py OUT_DIR [--train-seconds 350] [--data .gpudata]
+    python3 training/gpu_train.py OUT_DIR --run accurate:fkpnet_wide:128:weights/fkpnet68_128.pt:5e-4
 
 Each run is calibrated first (2 epochs of every run at once, timed by when each epoch's metrics
 line appears), then trained from scratch with the number of epochs that fits the time left, so
 that every run completes its whole cosine schedule: its last epoch is what may ship, nothing is
 chosen on the held-out faces. The exact ``fkpbatch train`` command of each run lands in
-OUT_DIR/commands.txt. The data is ``benchmarks/pack_data.py``'s folder (the lent machine's working
+OUT_DIR/commands.txt. The data is ``training/pack_data.py``'s folder (the lent machine's working
 tree may carry at most 64 MiB); ``--device cpu --train-seconds 60`` is the dry run for a CPU.
 """
 

@@ -4,7 +4,7 @@ carry at most 64 MiB): each face is cut to the region training can reach (its fr
 ``--box`` pixels, and stored as a grayscale JPEG (the models read grayscale) under ``images/``. Names and columns
 stay as they are, so ``--group-by`` gives the same split; coordinates follow the cut and scale.
 
-    python benchmarks/pack_data.py ../shared/data/faces15 ../shared/data/helen_train \\
+    python training/pack_data.py ../shared/data/faces15 ../shared/data/helen_train \\
         ../shared/data/lfpw_train --out .gpudata [--photos ../shared/data/photos]
 """
 
