@@ -85,7 +85,7 @@ def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return np.hstack([outer[:, :2] @ inner[:, :2], outer[:, :2] @ inner[:, 2:3] + outer[:, 2:3]])
 
 
-def aligned_crop(image: Image.Image, points_xy, size: int = TEMPLATE_SIZE, *, antialias: bool = True) -> Image.Image:
+def aligned_crop(image: Image.Image, points_xy, size: int = TEMPLATE_SIZE, *, antialias: bool = False) -> Image.Image:
     """The ``size`` x ``size`` RGB crop of ``image`` whose five points ``points_xy`` ((5, 2) x, y in
     0-based pixels, in :data:`ALIGN_POINTS` order: image-left eye, image-right eye, nose tip,
     image-left mouth corner, image-right mouth corner) land on :data:`ARCFACE_TEMPLATE` scaled by
@@ -96,7 +96,8 @@ def aligned_crop(image: Image.Image, points_xy, size: int = TEMPLATE_SIZE, *, an
 
     ``antialias``: when the face is shrunk by more than 2x, the picture is first box-filtered by the
     whole factor (Pillow's ``reduce``) so that the crop of a large face is not aliased; the geometry
-    is unchanged. ``False`` samples the original pixels directly (like ``warpAffine``).
+    is unchanged. The default samples the original pixels directly, like ``warpAffine`` (what
+    ``predict --aligned`` writes).
     """
     if size < 1:
         raise ValueError(f"size must be at least 1, not {size}")
@@ -187,7 +188,7 @@ def five_points(face: Any) -> np.ndarray:
     raise ValueError(f"the face has no finite {', '.join(ALIGN_POINTS)} (nor the 68 iBUG points)")
 
 
-def align_face(image: Image.Image, face: Any, size: int = TEMPLATE_SIZE, *, antialias: bool = True) -> Image.Image:
+def align_face(image: Image.Image, face: Any, size: int = TEMPLATE_SIZE, *, antialias: bool = False) -> Image.Image:
     """:func:`aligned_crop` of ``face`` (anything :func:`five_points` takes) in ``image`` (the
     upright picture its keypoints refer to, e.g. ``fkpbatch.decode.load_image(path)``)."""
     if not isinstance(image, Image.Image):

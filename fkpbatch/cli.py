@@ -10,7 +10,7 @@ import sys
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -512,7 +512,7 @@ def train(
 
     log = (lambda message: None) if quiet else _say
     show = not quiet and err.is_terminal
-    common = dict(show_progress=show, log=log, verbose=verbose and not quiet)
+    common: dict[str, Any] = dict(show_progress=show, log=log, verbose=verbose and not quiet)
     with _clean_errors():
         try:
             if resume is not None:
@@ -689,9 +689,9 @@ def merge(
             highlight=False,
         )
     if report["missing"]:
-        shards = ", ".join(f"shard {k}/{count}: {n} missing" for k, n in report["incomplete_shards"].items())
+        incomplete = ", ".join(f"shard {k}/{count}: {n} missing" for k, n in report["incomplete_shards"].items())
         err.print(
-            f"[yellow]incomplete:[/yellow] {len(report['missing'])} images not in any shard output ({shards}); rerun those shards with --resume",
+            f"[yellow]incomplete:[/yellow] {len(report['missing'])} images not in any shard output ({incomplete}); rerun those shards with --resume",
             highlight=False,
         )
         raise typer.Exit(1)

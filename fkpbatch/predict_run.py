@@ -16,7 +16,7 @@ from .annotate import ContactSheet, draw_result, write_aligned
 from .discover import discover
 from .engine import Predictor
 from .errors import OutputError, UsageError
-from .fileio import stream_kind
+from .fileio import stream_kind, system_link
 from .keypoints import has_ibug68, points_for
 from .options import PredictOptions
 from .results import columns_for
@@ -177,6 +177,8 @@ def run_predict(
     stream = request.out != "-" and stream_kind(request.out)
     if request.resume and stream:
         raise UsageError(f"--resume continues a file; {request.out} is {stream}, written as a stream like stdout")
+    if request.out != "-" and not stream and system_link(request.out):  # /dev/stdout when stdout is a file
+        raise OutputError(f"{request.out} leads to a regular file through a system link; give that file's own name")
     if request.out == "-" and sys.stdout is None:
         raise OutputError("standard output is closed; give -o FILE")
     found = discover(list(request.paths), recursive=request.recursive, from_list=request.from_list)

@@ -77,7 +77,8 @@ class OutputLock:
     holder died. See :meth:`_replace_leftover` for the race with a live holder."""
 
     def __init__(self, out: Path):
-        self.out, self.path, self.fd = Path(out), lock_path(Path(out)), None
+        self.out, self.path = Path(out), lock_path(Path(out))
+        self.fd: int | None = None
         self.warning = ""
 
     def __enter__(self) -> OutputLock:
@@ -129,7 +130,8 @@ class OutputLock:
             if exc.errno == errno.ELOOP:
                 raise OutputError(f"cannot lock {self.out}: {self.path} is a symbolic link") from None
             if exc.errno in (errno.EACCES, errno.EPERM):
-                return self._replace_leftover(exc)
+                self._replace_leftover(exc)
+                return None
             raise OutputError(f"cannot lock {self.out}: {self.path}: {exc.strerror}") from None
         try:
             self._check_regular(fd)
@@ -226,7 +228,8 @@ class InputIdentities:
     or annotated copy is compared with the inputs by identity, so hard links and symlinks count."""
 
     def __init__(self, paths: Iterable[Path]):
-        self._paths, self._ids = paths, None
+        self._paths = paths
+        self._ids: set[tuple[int, int]] | None = None
 
     def __contains__(self, st: os.stat_result) -> bool:
         if self._ids is None:
@@ -376,7 +379,8 @@ def open_existing(out: Path, fmt: str, params: dict, columns: list[str], inputs,
 
 
 def _read_all(fd: int, size: int) -> bytes:
-    chunks, offset = [], 0
+    chunks: list[bytes] = []
+    offset = 0
     while True:
         chunk = os.pread(fd, max(size - offset, 1 << 20), offset)
         if not chunk:

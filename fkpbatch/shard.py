@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .discover import InputFile
 from .errors import OutputError, UsageError
-from .fileio import stream_kind, write_bytes_atomic
+from .fileio import check_target, stream_kind, write_bytes_atomic
 from .resume import (
     JSON_KEYS,
     SIDECAR_SUFFIX,
@@ -179,6 +179,7 @@ def merge_outputs(
             raise UsageError(f"{path}: no such shard output")
     if stream_kind(out) is not None:
         return _merge(inputs, out, expected, overwrite, shards)
+    check_target(out, overwrite=True, stream=True)  # not /dev/stdout leading to a file: no lock in /dev
     check_folder(out)
     with OutputLock(out):
         return _merge(inputs, out, expected, overwrite, shards)
@@ -198,7 +199,8 @@ def _merge(inputs: list[Path], out: Path, expected: list[str] | None, overwrite:
     stream = stream_kind(out) is not None
     if os.path.lexists(out) and not overwrite and not stream:
         raise OutputError(f"{out} exists; pass --overwrite to replace it")
-    header, records, fmt, runs, dropped, warnings = None, [], None, [], [], []
+    header, records, fmt, dropped, warnings = None, [], None, [], []
+    runs: list[tuple[Path, dict]] = []
     layout: tuple[Path, tuple] | None = None
     for path in inputs:
         head, rows, kind, record, left_out = _read_output(path)

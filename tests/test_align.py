@@ -143,7 +143,7 @@ def test_antialiasing_smooths_a_large_face_without_moving_it():
     board = ((np.indices((600, 600)).sum(axis=0) % 2) * 255).astype(np.uint8)
     points = ARCFACE_TEMPLATE * 4.3 + 40.3
     aliased = np.asarray(aligned_crop(Image.fromarray(board), points, antialias=False), dtype=float)
-    smooth = np.asarray(aligned_crop(Image.fromarray(board), points), dtype=float)
+    smooth = np.asarray(aligned_crop(Image.fromarray(board), points, antialias=True), dtype=float)
     assert aliased.std() > 40 and smooth[8:-8, 8:-8].std() < 10
 
 
