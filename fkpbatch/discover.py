@@ -33,6 +33,7 @@ class InputFile:
     relative: str = ""  # where derived files (annotated copies) go: folder name + path inside it
     error: str = ""  # set: found but unusable (an unreadable folder, a symlink loop): an error row, never opened
     skip_reason: str = ""  # set: never opened (a FIFO, socket or device): a skipped row
+    given: bool = False  # named on the command line or in the list, not found by a folder walk
 
     @property
     def usable(self) -> bool:
@@ -196,7 +197,7 @@ def _given(path: Path, found: Discovery, recursive: bool) -> None:
     if stat.S_ISDIR(mode):
         _walk(path, recursive, found)
     elif stat.S_ISREG(mode):
-        found.files.append(InputFile(path, name, False, name))
+        found.files.append(InputFile(path, name, False, name, given=True))
     else:
         found.files.append(_special(path, name, name, False, mode))
 

@@ -74,7 +74,7 @@ def open_stream(path, *, overwrite: bool = False) -> int:
         fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    if kind_of(os.fstat(fd).st_mode) is None:  # replaced by a regular file since it was looked at
+    if kind is None or kind_of(os.fstat(fd).st_mode) != kind:  # replaced since it was looked at
         os.close(fd)
         raise OutputError(f"cannot write {path}: it changed while being opened; run again")
     return fd

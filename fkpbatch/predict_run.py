@@ -23,6 +23,7 @@ from .results import columns_for
 from .resume import (
     Existing,
     InputIdentities,
+    Matched,
     OutputLock,
     check_folder,
     drop_rows,
@@ -78,9 +79,10 @@ class Summary:
 
 
 def without_own_outputs(files: list, request: PredictRequest) -> list:
-    """The inputs less what this run writes: the output, its sidecar and lock, and everything under
-    the --annotate and --aligned folders (so an output inside an input folder is never read back in,
-    by this run or by --resume) unless such a folder is itself an input, or inside one given."""
+    """The inputs less what this run writes, where a folder walk found it: the output, its sidecar
+    and lock, and everything under the --annotate and --aligned folders (so an output inside an input
+    folder is never read back in, by this run or by --resume) unless such a folder is itself an
+    input, or inside one given. A file named as an input stays one (and is never overwritten)."""
     roots = [os.path.realpath(p) for p in request.paths]
     folders = [
         folder
@@ -96,7 +98,8 @@ def without_own_outputs(files: list, request: PredictRequest) -> list:
     return [
         file
         for file in files
-        if (real := os.path.realpath(file.path)) not in own and not any(Path(real).is_relative_to(f) for f in folders)
+        if file.given
+        or ((real := os.path.realpath(file.path)) not in own and not any(Path(real).is_relative_to(f) for f in folders))
     ]
 
 
@@ -130,18 +133,27 @@ def _open_output(
     inputs: InputIdentities,
     stack: ExitStack,
     summary_warnings: list[str],
-) -> Existing | None:
+    files: list,
+) -> tuple[Existing | None, Matched | None]:
     """Lock the output, then check it (nothing is changed before every check passed): an existing
-    file needs --overwrite (never an input) or --resume (never a foreign or different file)."""
+    file needs --overwrite (never an input) or --resume (never a foreign or different file, and
+    its rows must be matched to this run's ``files``: :func:`match_rows`)."""
     out = Path(request.out)
     check_folder(out)
     lock = stack.enter_context(OutputLock(out))
     if lock.warning:
         summary_warnings.append(lock.warning)
-    existing = None
+    existing, matched = None, None
     if request.resume:
         existing = open_existing(out, fmt, params, columns, inputs, safe=not request.raw_names)
-    elif os.path.lexists(out):
+    if existing is not None:
+        try:
+            matched = match_rows(existing, files, out)
+        except BaseException:
+            if existing.fd is not None:
+                os.close(existing.fd)
+            raise
+    elif not request.resume and os.path.lexists(out):
         if not request.overwrite:
             raise UsageError(f"{out} exists; pass --overwrite to replace it or --resume to continue it")
         try:
@@ -150,7 +162,7 @@ def _open_output(
         except FileNotFoundError:
             pass  # a dangling link: replaced, never followed
     write_sidecar(out, params, columns, None)  # "being written": a kill from here on is repaired by --resume
-    return existing
+    return existing, matched
 
 
 def run_predict(
@@ -191,12 +203,11 @@ def run_predict(
     columns = columns_for(predictor.spec.keypoints, request.points, options.pose)
     summary = Summary(skipped=found.hidden)
     with ExitStack() as stack:
-        existing, params = None, None
+        existing, matched, params = None, None, None
         if request.out != "-" and not stream:
             params = run_parameters(predictor, request, options, fmt, shard)
-            existing = _open_output(request, fmt, params, columns, inputs, stack, summary.warnings)
-        matched = match_rows(existing, files) if existing else None
-        if matched is not None:
+            existing, matched = _open_output(request, fmt, params, columns, inputs, stack, summary.warnings, files)
+        if existing is not None and matched is not None:
             drop_rows(Path(request.out), existing, matched.drop)  # failed before: predicted again
         done = matched.done if matched else set()
         todo = [f for f in files if f.name not in done]

@@ -505,13 +505,15 @@ class Matched:
     dropped_is_input: bool  # the image cut from the end of the output (Existing.dropped) is an input
 
 
-def match_rows(existing: Existing, files) -> Matched:
+def match_rows(existing: Existing, files, out: Path | str = "the output") -> Matched:
     """Which of ``files`` (InputFile) the output already holds. A row matches an input by its name
     or, when the output names it otherwise, by the directory entry both names lead to (the
     device and inode of the folder, and the file's name in it: :class:`EntryKeys`), so
     ``p/a.jpg``, ``./p/a.jpg``, ``/abs/p/a.jpg`` and a linked folder's ``q/a.jpg`` are one image;
     two hard links are two entries, two images, as in a fresh run. A row's relative name is taken
-    from the current folder. An input whose rows all say ``error`` is retried; ``no_face`` rows
+    from the current folder; when it cannot be found from there and an input of this run has the
+    same file name, it may be that input, named from another folder: an OutputError says so
+    rather than write it twice. An input whose rows all say ``error`` is retried; ``no_face`` rows
     are final."""
     names = {f.name for f in files}
     rows_of: dict[str, list[str]] = {f.name: [f.name] for f in files if f.name in existing.done}
@@ -521,16 +523,27 @@ def match_rows(existing: Existing, files) -> Matched:
     if strays or not dropped_is_input:
         keys = EntryKeys()
         by_key: dict[tuple, list[str]] = {}
-        for row in strays + ([] if dropped_is_input else [dropped]):
+        lost: dict[str, str] = {}  # file name -> a row whose folder cannot be found from here
+        for row in strays + ([] if dropped_is_input or dropped is None else [dropped]):
             key = keys(real_name(row))
             if key is not None:
                 by_key.setdefault(key, []).append(row)
+            elif row != dropped:  # (the dropped image's rows are cut: it cannot be written twice)
+                lost.setdefault(os.path.basename(row), row)
         for item in files:
             for row in by_key.get(keys(os.fsdecode(item.path)), ()):
                 if row == dropped:
                     dropped_is_input = True
                 else:
                     rows_of.setdefault(item.name, []).append(row)
+        for item in files:
+            row = lost.get(os.path.basename(item.name))
+            if row is not None and item.name not in rows_of:
+                raise OutputError(
+                    f"{out} names an image {row!r} and this run {item.name!r}, but {row!r} cannot be found from "
+                    "this folder to tell whether they are one file: run from the folder the output was started "
+                    "in (or write to another -o)"
+                )
     done, retried, drop = set(), set(), set()
     for name, rows in rows_of.items():
         if all(row in existing.failed for row in rows):

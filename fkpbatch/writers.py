@@ -193,8 +193,8 @@ class ResultWriter:
 
     def close(self) -> None:
         """Finish the file: JSON is closed and renamed into place (unless a write failed, which
-        leaves the previous output as it was); CSV/JSONL are synced to disk. On stdout, JSON's
-        array is closed too, so what a stopped run printed still parses."""
+        leaves the previous output as it was); CSV/JSONL are synced to disk. On stdout, a FIFO or a
+        device, JSON's array is closed too, so what a stopped run printed still parses."""
         if self.stream:
             try:
                 if self.fmt == "json":

@@ -77,6 +77,21 @@ def test_resume_recognises_the_images_whatever_the_spelling_of_their_folder(tmp_
     assert None not in entries
 
 
+def test_resume_from_another_folder_that_cannot_match_the_names_refuses(tmp_path, tiny_weights, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    images(tmp_path / "p")
+    out = tmp_path / "o.csv"
+    assert predict("p", "-w", tiny_weights, "-o", out).exit_code == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # 'p/img0.png' means nothing here
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    result = predict(tmp_path / "p", "-w", tiny_weights, "-o", out, "--resume")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'p/img0.png'" in lines[0] and "cannot be found from this folder" in lines[0]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # sidecar too
+
+
 # 15. error rows are retried, nothing else is ---------------------------------------------------------------
 
 
