@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # Public name -> the module that defines it. To export a new name, add one line here and one to
 # the TYPE_CHECKING block below (for type checkers and IDEs).
