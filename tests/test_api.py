@@ -1,12 +1,12 @@
-"""The Python API: fkpbatch.predict's inputs, Predictor.predict_paths/predict_images, typed results,
-the option Enums, the result module's imports, annotated pictures and the contact sheet."""
+"""The Python API: fkpbatch.predict's inputs and its table (the CLI's CSV), Predictor.predict_paths
+and predict_images, typed results, the option Enums checked in the library, and a forked worker
+never inheriting a half-used onnxruntime session."""
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
-import subprocess
-import sys
-from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -14,20 +14,12 @@ import pytest
 from PIL import Image
 
 import fkpbatch
-from fkpbatch.annotate import ContactSheet, draw_faces, face_label
 from fkpbatch.errors import UsageError
-from fkpbatch.keypoints import IBUG_POINTS, KAGGLE_POINTS, coordinate_columns
+from fkpbatch.keypoints import IBUG_POINTS, coordinate_columns
 from fkpbatch.options import Detect, Points, PredictOptions
-from fkpbatch.results import FaceResult, ImageResult
-from fkpbatch.transforms import Box
 
-from conftest import REPO
+from conftest import COLUMNS, REPO, grey_pngs, invoke
 
-COLUMNS = (
-    ["image", "face", "status", "error", "width", "height", "score", "box_x", "box_y", "box_w", "box_h"]
-    + coordinate_columns(KAGGLE_POINTS)
-    + ["quality"]
-)
 COUPLE = REPO / "examples" / "couple.jpg"
 FAST = dict(workers=0)
 
@@ -122,149 +114,39 @@ def test_options_are_checked_in_the_library_with_the_cli_message():
     assert Points("68") == "68" and {"68": 1}[Points.ibug68] == 1 and f"{Points.ibug68}" == "68"
 
 
-@pytest.mark.parametrize("module", ["fkpbatch.results", "fkpbatch.options", "fkpbatch.writers"])
-def test_result_and_option_modules_import_without_the_engine(module):
-    """No import cycle: the result types and the writers load without the engine (or torch for the
-    first two). The package's __init__ is bypassed so only the module's own imports count."""
-    code = (
-        "import sys, types, pathlib, importlib\n"
-        f"package = types.ModuleType('fkpbatch'); package.__path__ = [{str(REPO / 'fkpbatch')!r}]\n"
-        "sys.modules['fkpbatch'] = package\n"
-        f"importlib.import_module({module!r})\n"
-        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('fkpbatch.', 'torch')))))\n"
-    )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert "fkpbatch.engine" not in loaded
-    if module != "fkpbatch.writers":
-        assert "fkpbatch.writers" not in loaded and "torch" not in loaded
+def test_python_api_returns_the_csv_as_a_dataframe(mixed_folder, tiny_weights):
+    frame = fkpbatch.predict(mixed_folder, weights=tiny_weights, workers=0)
+    cli = pd.read_csv(io.StringIO(invoke("predict", mixed_folder, "-w", tiny_weights, "--workers", "0", "-q").stdout))
+    assert list(frame.columns) == COLUMNS
+    pd.testing.assert_frame_equal(frame, cli)
 
 
-def _face(quality, x=10.0, names=KAGGLE_POINTS):
-    return FaceResult(Box(x, 40.0, 40.0), 0.99, np.tile([x + 20.0, 60.0], (len(names), 1)), quality, names)
+class _Garbage:
+    """Unreachable once made (a reference cycle): only the garbage collector destroys it."""
 
-
-def test_results_serialise_as_the_writers_do():
-    result = ImageResult("a.jpg", "ok", width=100, height=80, faces=[_face(0.4234), _face(None, x=50.0)])
-    rows = result.to_rows()
-    assert [len(r) for r in rows] == [len(COLUMNS)] * 2 and result.columns() == COLUMNS
-    assert rows[0][:7] == ["a.jpg", 0, "ok", "", 100, 80, 0.99] and rows[1][1] == 1
-    assert rows[0][COLUMNS.index("quality")] == 0.423 and rows[1][COLUMNS.index("quality")] == ""
-    as_dict = result.to_dict()
-    assert as_dict["faces"][0]["keypoints"]["nose_tip"] == [30.0, 60.0] and as_dict["faces"][1]["quality"] == ""
-    empty = ImageResult("b.png", "no_face", width=5, height=5)
-    assert len(empty.to_rows("68")) == 1 and empty.to_rows()[0][2] == "no_face"
-
-
-def test_annotation_labels_each_face_with_its_index_and_quality():
-    assert face_label(0, _face(0.4234)) == "0 q0.42" and face_label(3, _face(None)) == "3"
-    image = Image.new("RGB", (200, 120), (0, 0, 0))
-    draw_faces(image, [_face(0.42, x=20.0), _face(0.01, x=120.0)], KAGGLE_POINTS)
-    pixels = np.asarray(image)
-    # each label is a filled tag just above its box: blue for a good face, red for a doubtful one
-    good_tag, doubtful_tag = pixels[28:39, 21:28].reshape(-1, 3), pixels[28:39, 121:128].reshape(-1, 3)
-    assert (good_tag == (0, 160, 255)).all(axis=1).any() and not (good_tag == (220, 30, 30)).all(axis=1).any()
-    assert (doubtful_tag == (220, 30, 30)).all(axis=1).any()
-    assert (pixels[24:40, 20:50] > 200).all(axis=2).any()  # light text on the tag
-    assert (pixels[:40] == 0).all(axis=2).mean() > 0.5  # the tag is small: most of the picture is untouched
-
-
-def test_contact_sheet_lists_faces_lowest_quality_first_and_keeps_the_worst(tmp_path):
-    sheet = ContactSheet(limit=3)
-    picture = Image.new("RGB", (200, 80), (90, 90, 90))
-    for name, qualities in [("b.jpg", [0.41, 0.02]), ("a.jpg", [None, 0.30]), ("c.jpg", [0.44, 0.001])]:
-        faces = [_face(q, x=10.0 + 50 * i) for i, q in enumerate(qualities)]
-        sheet.add(ImageResult(name, "ok", width=200, height=80, faces=faces), picture)
-    assert sheet.faces_seen == 6
-    assert [(f.image, f.face, f.quality) for f in sheet.faces()] == [
-        ("c.jpg", 1, 0.001),
-        ("b.jpg", 1, 0.02),
-        ("a.jpg", 1, 0.30),
-    ]
-    sheet.write(tmp_path / "index.html")
-    page = (tmp_path / "index.html").read_text()
-    assert page.count("<figure") == 3 and page.index("c.jpg") < page.index("b.jpg") < page.index("a.jpg")
-    assert "6 faces (the 3 lowest-quality faces shown)" in page
-    everything = ContactSheet()
-    for name, quality in [("x.jpg", None), ("y.jpg", 0.5), ("z.jpg", 0.1)]:
-        everything.add(ImageResult(name, "ok", faces=[_face(quality)]), picture)
-    assert [f.image for f in everything.faces()] == ["z.jpg", "y.jpg", "x.jpg"]  # no quality: last
-
-
-def test_annotate_writes_the_contact_sheet_beside_the_pictures(tmp_path):
-    from typer.testing import CliRunner
-
-    from fkpbatch.cli import app
-
-    out = tmp_path / "annotated"
-    result = CliRunner().invoke(
-        app,
-        [
-            "predict",
-            str(REPO / "examples"),
-            "--annotate",
-            str(out),
-            "-o",
-            str(tmp_path / "k.csv"),
-            "--workers",
-            "0",
-            "-q",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    table = pd.read_csv(tmp_path / "k.csv")
-    page = (out / "index.html").read_text()
-    assert page.count("<figure") == len(table)
-    shown = [float(q) for q in __import__("re").findall(r"<b>q ([0-9.]+)</b>", page)]
-    assert shown == sorted(round(q, 3) for q in table["quality"])
-    assert 'href="./examples/couple.jpg"' in page and (out / "examples" / "couple.jpg").exists()
-
-
-class _Links(HTMLParser):
-    """The contact sheet's links (href, text) and image alt texts, as a browser parses them."""
+    destroyed_in: list[int] = []
 
     def __init__(self):
-        super().__init__()
-        self.links, self.alts, self._href = [], [], None
+        self.cycle = self
 
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "a":
-            self._href = attrs["href"]
-            self.links.append([self._href, ""])
-        elif tag == "img":
-            self.alts.append(attrs["alt"])
-
-    def handle_endtag(self, tag):
-        if tag == "a":
-            self._href = None
-
-    def handle_data(self, data):
-        if self._href is not None:
-            self.links[-1][1] += data
+    def __del__(self):
+        _Garbage.destroyed_in.append(os.getpid())
 
 
-def test_contact_sheet_links_reach_their_files_whatever_the_names(tmp_path, tiny_weights):
-    from urllib.parse import unquote, urlsplit
+def test_garbage_is_collected_before_workers_are_forked(tmp_path, tiny_weights):
+    """An earlier predictor's onnxruntime session, unreachable but not yet collected, hung a forked
+    worker that collected it (its thread pool's locks copied mid-use): predict collects first."""
+    import gc
 
-    from typer.testing import CliRunner
+    from fkpbatch.engine import PredictOptions, Predictor
 
-    from fkpbatch.cli import app
-
-    folder = tmp_path / "in"
-    folder.mkdir()
-    names = ["javascript:alert(1).jpg", "a#b.jpg", "c?d.jpg", "e%20f.jpg", "<i>.jpg", 'q"uote.jpg', "r&amp;s.jpg"]
-    for index, name in enumerate(names):
-        Image.new("RGB", (48, 48), (40 * index, 90, 90)).save(folder / name, format="JPEG")
-    out = tmp_path / "annotated"
-    options = ["-w", str(tiny_weights), "--detect", "never", "--workers", "0", "-q", "-o", str(tmp_path / "k.csv")]
-    result = CliRunner().invoke(app, ["predict", str(folder), "--annotate", str(out), *options])
-    assert result.exit_code == 0, result.output
-    page = _Links()
-    page.feed((out / "index.html").read_text())
-    assert sorted(text for _, text in page.links) == sorted(f"{folder}/{name}" for name in names)
-    assert sorted(alt.rsplit(" face ", 1)[0] for alt in page.alts) == sorted(f"{folder}/{name}" for name in names)
-    for href, text in page.links:
-        assert href.startswith("./") and not urlsplit(href).scheme and not urlsplit(href).fragment, href
-        assert not urlsplit(href).query, href
-        target = out / unquote(href)
-        assert target.is_file() and target.name == text.rsplit("/", 1)[1], (href, text)
+    folder = grey_pngs(tmp_path / "in", 2)
+    predictor = Predictor.load(tiny_weights, "cpu")
+    _Garbage.destroyed_in.clear()
+    gc.disable()  # only an explicit collection can destroy it now
+    try:
+        _Garbage()
+        results = list(predictor.predict_paths([folder], PredictOptions(workers=2, detect="never")))
+    finally:
+        gc.enable()
+    assert len(results) == 2 and _Garbage.destroyed_in == [os.getpid()]

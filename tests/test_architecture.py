@@ -1,11 +1,18 @@
-"""The package's shape: no import cycles (lazy imports inside functions count too)."""
+"""The package's shape: no import cycles (lazy imports inside functions count too), result types
+that load without the engine, and a library call that leaves the process as it found it."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 import fkpbatch
+
+from conftest import REPO
 
 PACKAGE = Path(fkpbatch.__file__).parent
 
@@ -70,6 +77,23 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+@pytest.mark.parametrize("module", ["fkpbatch.results", "fkpbatch.options", "fkpbatch.writers"])
+def test_result_and_option_modules_import_without_the_engine(module):
+    """No import cycle: the result types and the writers load without the engine (or torch for the
+    first two). The package's __init__ is bypassed so only the module's own imports count."""
+    code = (
+        "import sys, types, pathlib, importlib\n"
+        f"package = types.ModuleType('fkpbatch'); package.__path__ = [{str(REPO / 'fkpbatch')!r}]\n"
+        "sys.modules['fkpbatch'] = package\n"
+        f"importlib.import_module({module!r})\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('fkpbatch.', 'torch')))))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "fkpbatch.engine" not in loaded
+    if module != "fkpbatch.writers":
+        assert "fkpbatch.writers" not in loaded and "torch" not in loaded
+
+
 PROCESS_STATE = r"""
 import os, signal, sys, warnings
 import torch
@@ -108,9 +132,6 @@ print(changed or "unchanged")
 def test_a_library_call_leaves_the_process_as_it_found_it(tmp_path):
     """fkpbatch.predict (workers or not, ONNX export included) leaves signal handlers, umask, file
     descriptors, torch threads, Pillow flags, warning filters and the environment as they were."""
-    import subprocess
-    import sys
-
     examples = PACKAGE.parent / "examples"
     run = subprocess.run(
         [sys.executable, "-c", PROCESS_STATE, str(examples)], capture_output=True, text=True, cwd=tmp_path, timeout=300

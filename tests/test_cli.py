@@ -1,40 +1,91 @@
-"""The console script as a shell meets it: exit codes, stderr, pipes, devices, signals. These run
-the real CLI in a subprocess (real file descriptors, real signals); CliRunner where that is enough."""
+"""The console script as a shell meets it (fkpbatch.cli): exit codes, one-line usage and environment
+errors, the summary on stderr, pipes, FIFOs and devices. The real CLI in a subprocess where file
+descriptors matter; CliRunner where that is enough."""
 
 import io
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
 import threading
-import time
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from fkpbatch.cli import app
-from fkpbatch.errors import OutputError
-from fkpbatch.fileio import atomic_write
+import fkpbatch
 
-from conftest import REPO, gradient_image
+from conftest import (
+    FAST,
+    REPO,
+    fkpbatch_process,
+    gradient_pngs,
+    grey_pngs,
+    invoke,
+    one_line_error,
+    random_kaggle_csv,
+)
 
-runner = CliRunner()
 EXAMPLES = REPO / "examples"
-FKPBATCH = [sys.executable, "-m", "fkpbatch"]
 
 
-def images(folder, count=4, size=(16, 16)):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        gradient_image(size).save(folder / f"img{i:04d}.png")
-    return folder
+def test_version_and_module_entry_point(tmp_path):
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("fkpbatch ")
+    module = fkpbatch_process("--version", cwd=tmp_path)  # python -m fkpbatch, from any folder
+    assert module.returncode == 0, module.stderr
+    assert module.stdout == result.stdout and module.stdout.startswith(f"fkpbatch {fkpbatch.__version__} ")
 
 
-def fast(weights):
-    return ["-w", str(weights), "--detect", "never", "--workers", "0"]
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["/no/such/folder"], "/no/such/folder: no such file or folder"),
+        # choice options are Enums: the parser checks them, all with one message form
+        (
+            ["--detect", "sometimes"],
+            "Invalid value for '--detect': Value error, 'sometimes' is not one of 'auto', 'always', 'never'",
+        ),
+        (["--faces", "some"], "Invalid value for '--faces': Value error, 'some' is not one of 'all', 'largest'"),
+        (["--points", "5"], "Invalid value for '--points': Value error, '5' is not one of '15', '68'"),
+        (["--batch-size", "0"], "Invalid value for '--batch-size' / '-b'"),
+        (["--no-such-option"], "No such option: --no-such-option"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(mixed_folder, tiny_weights, args, message):
+    """Through the real entry point: the parser's own errors are one line too, not a framed box."""
+    inputs = args if args[0].startswith("/") else [mixed_folder, *args]
+    result = fkpbatch_process("predict", *inputs, "-w", tiny_weights)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_points_68_needs_weights_that_have_them(mixed_folder, tiny_weights):
+    result = invoke("predict", mixed_folder, "-w", tiny_weights, "--points", "68")
+    assert result.exit_code == 2 and "predict the 15 Kaggle points only" in result.stderr
+
+
+def test_environment_errors_are_one_line(tmp_path, tiny_weights):
+    folder = grey_pngs(tmp_path / "in", 1)
+    base = ["-w", tiny_weights, "--workers", "0", "--detect", "never"]
+    one_line_error(fkpbatch_process("predict", folder, *base, "-o", tmp_path / "missing" / "out.csv"))
+    if os.path.exists("/dev/full"):
+        one_line_error(fkpbatch_process("predict", folder, *base, "-o", "/dev/full", "--overwrite"))
+    one_line_error(fkpbatch_process("predict", "--from-list", "-", *base, preexec_fn=lambda: os.close(0)))
+    one_line_error(fkpbatch_process("export", "--onnx", tmp_path / "missing" / "m.onnx", "-w", tiny_weights))
+    data = random_kaggle_csv(tmp_path / "training.csv", rows=2)
+    one_line_error(fkpbatch_process("evaluate", data, "-w", tiny_weights, "--json", tmp_path / "missing" / "e.json"))
+
+
+def test_summary_goes_to_stderr_and_counts_skipped_files(mixed_folder, tiny_weights):
+    result = invoke("predict", mixed_folder, "-w", tiny_weights, "--workers", "0")
+    assert "4 images" in result.stderr and "1 errors" in result.stderr and "2 skipped" in result.stderr
+    assert "images/s" not in result.stdout
+
+
+def test_strict_exits_1_when_a_file_failed(mixed_folder, tiny_weights):
+    assert invoke("predict", mixed_folder, "-w", tiny_weights, "--workers", "0", "--strict", "-q").exit_code == 1
 
 
 class Reader(threading.Thread):
@@ -50,21 +101,13 @@ class Reader(threading.Thread):
             self.data = stream.read()
 
 
-# 5. a FIFO or a device is written into, never replaced ---------------------------------------------------
-
-
 @pytest.mark.parametrize("flags", [[], ["--overwrite"], ["--format", "json"]])
 def test_predict_streams_into_a_fifo_and_leaves_it_a_fifo(tmp_path, tiny_weights, flags):
-    folder = images(tmp_path / "in")
+    folder = gradient_pngs(tmp_path / "in")
     fifo = tmp_path / "rows"
     os.mkfifo(fifo)
     reader = Reader(fifo)
-    result = subprocess.run(
-        [*FKPBATCH, "predict", str(folder), *fast(tiny_weights), "-o", str(fifo), "-q", *flags],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = fkpbatch_process("predict", folder, "-w", tiny_weights, *FAST, "-o", fifo, "-q", *flags)
     reader.join(30)
     assert result.returncode == 0, result.stderr
     if "json" in flags:
@@ -77,48 +120,42 @@ def test_predict_streams_into_a_fifo_and_leaves_it_a_fifo(tmp_path, tiny_weights
 
 @pytest.mark.parametrize("flags", [[], ["--overwrite"]])
 def test_dev_null_stays_a_character_device(tmp_path, tiny_weights, flags):
-    folder = images(tmp_path / "in", 2)
+    folder = gradient_pngs(tmp_path / "in", 2)
     before = set(os.listdir("/dev"))
-    result = runner.invoke(app, ["predict", str(folder), *fast(tiny_weights), "-o", "/dev/null", "-q", *flags])
+    result = invoke("predict", folder, "-w", tiny_weights, *FAST, "-o", "/dev/null", "-q", *flags)
     assert result.exit_code == 0, result.output
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
     assert set(os.listdir("/dev")) == before  # no /dev/null.fkpbatch.json, no /dev/.null.fkpbatch.lock
-    resumed = runner.invoke(app, ["predict", str(folder), *fast(tiny_weights), "-o", "/dev/null", "--resume"])
+    resumed = invoke("predict", folder, "-w", tiny_weights, *FAST, "-o", "/dev/null", "--resume")
     assert resumed.exit_code == 2 and "--resume" in resumed.stderr
     assert len(resumed.stderr.strip().splitlines()) == 1
 
 
 def test_merge_and_export_write_into_dev_null(tmp_path, tiny_weights):
-    folder = images(tmp_path / "in", 2)
+    folder = gradient_pngs(tmp_path / "in", 2)
     shard = tmp_path / "s.csv"
-    assert runner.invoke(app, ["predict", str(folder), *fast(tiny_weights), "-o", str(shard)]).exit_code == 0
+    assert invoke("predict", folder, "-w", tiny_weights, *FAST, "-o", shard).exit_code == 0
     before = set(os.listdir("/dev"))
     for flags in ([], ["--overwrite"]):
-        merged = runner.invoke(app, ["merge", str(shard), "-o", "/dev/null", *flags])
+        merged = invoke("merge", shard, "-o", "/dev/null", *flags)
         assert merged.exit_code == 0, merged.output
-    exported = runner.invoke(app, ["export", "-w", str(tiny_weights), "--onnx", "/dev/null", "--overwrite"])
+    exported = invoke("export", "-w", tiny_weights, "--onnx", "/dev/null", "--overwrite")
     assert exported.exit_code == 0, exported.output
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode) and set(os.listdir("/dev")) == before
-
-
-def test_a_fifo_that_is_not_the_named_target_is_never_replaced(tmp_path):
-    fifo = tmp_path / "x.png"
-    os.mkfifo(fifo)
-    with pytest.raises(OutputError, match="is a FIFO"):
-        with atomic_write(fifo, overwrite=True) as handle:  # e.g. an annotated copy, a sidecar
-            handle.write(b"data")
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
-
-
-# 12. a stderr that cannot be written never costs the output ---------------------------------------------------
 
 
 @pytest.mark.parametrize("verbosity", [["-v"], []])
 def test_an_unwritable_stderr_changes_nothing(tmp_path, tiny_weights, verbosity):
     out = tmp_path / "out.csv"
     with open("/dev/full", "w") as full:
-        result = subprocess.run(
-            [*FKPBATCH, "predict", str(EXAMPLES), "-w", str(tiny_weights), "-o", str(out), *verbosity],
+        result = fkpbatch_process(
+            "predict",
+            EXAMPLES,
+            "-w",
+            tiny_weights,
+            "-o",
+            out,
+            *verbosity,
             stderr=full,
             stdout=subprocess.PIPE,
             timeout=180,
@@ -128,13 +165,10 @@ def test_an_unwritable_stderr_changes_nothing(tmp_path, tiny_weights, verbosity)
     assert sorted(set(table["image"])) == sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix == ".jpg")
 
 
-# 14. a closed pipe is a normal end; a closed stdout is one error line ----------------------------------------------
-
-
 def test_a_reader_that_goes_away_ends_the_run_quietly_with_141(tmp_path, tiny_weights):
-    folder = images(tmp_path / "in", 4)
-    process = subprocess.Popen(
-        [*FKPBATCH, "predict", str(folder), *fast(tiny_weights)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    folder = gradient_pngs(tmp_path / "in", 4)
+    process = fkpbatch_process(
+        "predict", folder, "-w", tiny_weights, *FAST, start=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     process.stdout.close()  # the reader is gone before the first row
     _, stderr = process.communicate(timeout=120)
@@ -142,14 +176,24 @@ def test_a_reader_that_goes_away_ends_the_run_quietly_with_141(tmp_path, tiny_we
     assert stderr == b""  # no "error:", no "Exception ignored ... BrokenPipeError"
 
 
-def test_head_in_a_pipeline_ends_the_run_quietly(tmp_path, tiny_weights):
-    folder = images(tmp_path / "in", 300, size=(12, 12))
-    command = " ".join([*FKPBATCH, "predict", str(folder), *fast(tiny_weights), "--batch-size", "2"])
+def test_head_in_a_pipeline_ends_the_run_quietly(tmp_path, tiny_weights, many_pngs):
+    command = [
+        sys.executable,
+        "-m",
+        "fkpbatch",
+        "predict",
+        str(many_pngs),
+        "-w",
+        str(tiny_weights),
+        *FAST,
+        "--batch-size",
+        "2",
+    ]
     result = subprocess.run(
         [
             "bash",
             "-c",
-            f'set -o pipefail; {command} 2>"$0" | head -2; echo "status ${{PIPESTATUS[0]}}"',
+            f'set -o pipefail; {" ".join(command)} 2>"$0" | head -2; echo "status ${{PIPESTATUS[0]}}"',
             tmp_path / "e",
         ],
         capture_output=True,
@@ -162,59 +206,30 @@ def test_head_in_a_pipeline_ends_the_run_quietly(tmp_path, tiny_weights):
 
 
 def test_models_into_a_closed_pipe_is_quiet_too():
-    process = subprocess.Popen([*FKPBATCH, "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = fkpbatch_process("models", start=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 141 and stderr == b""
 
 
 def test_a_closed_stdout_is_one_error_line(tmp_path, tiny_weights):
-    folder = images(tmp_path / "in", 2)
-    closed = subprocess.run(
-        [*FKPBATCH, "predict", str(folder), *fast(tiny_weights)],
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=120,
-        preexec_fn=lambda: os.close(1),
+    folder = gradient_pngs(tmp_path / "in", 2)
+    closed = fkpbatch_process(
+        "predict", folder, "-w", tiny_weights, *FAST, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1)
     )
     lines = closed.stderr.strip().splitlines()
     assert closed.returncode == 2 and len(lines) == 1 and "standard output is closed" in lines[0], closed.stderr
     out = tmp_path / "out.csv"  # with -o FILE a closed stdout does not matter
-    written = subprocess.run(
-        [*FKPBATCH, "predict", str(folder), *fast(tiny_weights), "-o", str(out), "-q"],
+    written = fkpbatch_process(
+        "predict",
+        folder,
+        "-w",
+        tiny_weights,
+        *FAST,
+        "-o",
+        out,
+        "-q",
         stderr=subprocess.PIPE,
-        text=True,
-        timeout=120,
         preexec_fn=lambda: os.close(1),
     )
     assert written.returncode == 0 and written.stderr == "" and len(pd.read_csv(out)) == 2
-
-
-# 13. SIGHUP (a closed terminal or ssh session) stops a run like SIGTERM ----------------------------------------------
-
-
-def test_sighup_stops_cleanly_with_129_and_resume_completes(tmp_path, tiny_weights):
-    folder = images(tmp_path / "many", 1000, size=(12, 12))
-    out = tmp_path / "out.json"
-    command = [*FKPBATCH, "predict", str(folder), *fast(tiny_weights), "--batch-size", "4", "-o", str(out), "-q"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not [
-        p for p in tmp_path.glob(".out.json.*.tmp") if "fkpbatch" not in p.name and p.stat().st_size > 5000
-    ]:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGHUP)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 129, stderr
-    assert "SIGHUP" in stderr and "--resume" in stderr and "Traceback" not in stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "many",
-        "out.json",
-        "out.json.fkpbatch.json",
-    ]  # no temp, no lock
-    done = [r["image"] for r in json.loads(out.read_text())]
-    assert 0 < len(done) == len(set(done)) < 1000
-    finished = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr
-    images_out = [r["image"] for r in json.loads(out.read_text())]
-    assert sorted(images_out) == sorted(str(p) for p in folder.iterdir()) and images_out[: len(done)] == done

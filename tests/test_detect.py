@@ -6,16 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from fkpbatch.cli import app
 from fkpbatch.cropping import looks_like_a_face_crop
 from fkpbatch.detect import FaceDetector
 from fkpbatch.keypoints import KAGGLE_POINTS, coordinate_columns
 
-from conftest import gradient_image, need_data
+from conftest import gradient_image, invoke, need_data
 
-runner = CliRunner()
 # (image, x, y, scale): a large face, a medium one, one cut by the right border, a small one
 # whose eyes end up ~20 px apart.
 PASTES = [
@@ -66,7 +63,7 @@ def test_every_pasted_face_is_found_with_landmarks_on_the_face(composite):
 
 def test_keypoints_land_back_on_the_pasted_faces(composite, shipped_weights):
     path, truth = composite
-    result = runner.invoke(app, ["predict", str(path), "-w", str(shipped_weights), "--workers", "0", "-q"])
+    result = invoke("predict", path, "-w", shipped_weights, "--workers", "0", "-q")
     table = pd.read_csv(io.StringIO(result.stdout))
     assert table["face"].tolist() == [0, 1, 2, 3] and (table["status"] == "ok").all()
     errors = []
@@ -82,7 +79,7 @@ def test_keypoints_land_back_on_the_pasted_faces(composite, shipped_weights):
 def test_an_image_without_a_face_gives_one_no_face_row(tmp_path, tiny_weights):
     path = tmp_path / "wall.png"
     gradient_image((800, 600)).save(path)
-    result = runner.invoke(app, ["predict", str(path), "-w", str(tiny_weights), "--workers", "0", "-q"])
+    result = invoke("predict", path, "-w", tiny_weights, "--workers", "0", "-q")
     table = pd.read_csv(io.StringIO(result.stdout))
     assert table[["face", "status"]].values.tolist() == [[0, "no_face"]]
     assert table[coordinate_columns(KAGGLE_POINTS)].isna().all(axis=None)
@@ -97,15 +94,9 @@ def test_auto_falls_back_to_the_whole_image_only_for_tight_crops(tmp_path, tiny_
     )
     crop = tmp_path / "crop.png"
     gradient_image((96, 96)).save(crop)  # no face a detector would find, but crop-sized
-    auto = pd.read_csv(
-        io.StringIO(runner.invoke(app, ["predict", str(crop), "-w", str(tiny_weights), "--workers", "0", "-q"]).stdout)
-    )
+    auto = pd.read_csv(io.StringIO(invoke("predict", crop, "-w", tiny_weights, "--workers", "0", "-q").stdout))
     always = pd.read_csv(
-        io.StringIO(
-            runner.invoke(
-                app, ["predict", str(crop), "-w", str(tiny_weights), "--workers", "0", "-q", "--detect", "always"]
-            ).stdout
-        )
+        io.StringIO(invoke("predict", crop, "-w", tiny_weights, "--workers", "0", "-q", "--detect", "always").stdout)
     )
     assert auto["status"].tolist() == ["ok"] and (auto["box_w"] == 96).all()
     assert always["status"].tolist() == ["no_face"]
@@ -114,11 +105,7 @@ def test_auto_falls_back_to_the_whole_image_only_for_tight_crops(tmp_path, tiny_
 def test_faces_largest_keeps_one_face(composite, tiny_weights):
     path, truth = composite
     table = pd.read_csv(
-        io.StringIO(
-            runner.invoke(
-                app, ["predict", str(path), "-w", str(tiny_weights), "--workers", "0", "-q", "--faces", "largest"]
-            ).stdout
-        )
+        io.StringIO(invoke("predict", path, "-w", tiny_weights, "--workers", "0", "-q", "--faces", "largest").stdout)
     )
     assert len(table) == 1
     box = table.iloc[0]
@@ -134,9 +121,7 @@ def test_a_large_jpeg_gives_the_same_faces_as_its_png(composite, tiny_weights, t
     png = tmp_path / "group2.png"
     Image.open(path).resize((3200, 2000), Image.Resampling.LANCZOS).save(png)
     tables = [
-        pd.read_csv(
-            io.StringIO(runner.invoke(app, ["predict", str(p), "-w", str(tiny_weights), "--workers", "0", "-q"]).stdout)
-        )
+        pd.read_csv(io.StringIO(invoke("predict", p, "-w", tiny_weights, "--workers", "0", "-q").stdout))
         for p in (jpeg, png)
     ]
     assert len(tables[0]) == len(tables[1]) == 4

@@ -6,17 +6,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fkpbatch import device_detect
-from fkpbatch.cli import app
 from fkpbatch.cropping import FaceCropper
 from fkpbatch.decode import load_image
 from fkpbatch.detect import Decode, FaceDetector, Pass, make_canvas
 from fkpbatch.engine import PredictOptions, Predictor
 from fkpbatch.errors import DecodeError
 
-from conftest import REPO, gradient_image, need_data
+from conftest import REPO, gradient_image, invoke, need_data
 
 EXAMPLES = sorted((REPO / "examples").glob("*.jpg"))
 # two faces, a group, small background faces (second passes on a bigger decode: img54, img31), a
@@ -209,21 +207,18 @@ def test_a_later_pass_fetches_the_picture_a_worker_decoded(predictor, tmp_path):
 
 
 def test_cli_detect_on_device_and_the_ray_refusal(tmp_path, tiny_weights):
-    runner = CliRunner()
     folder = _mixed_folder(tmp_path / "in")
     rows = {}
     for where in ("workers", "device"):
         out = tmp_path / f"{where}.csv"
         args = ["predict", str(folder), "-o", str(out), "--weights", str(tiny_weights), "--detect-on", where]
-        result = runner.invoke(app, [*args, "--workers", "0", "-v"], catch_exceptions=False)
+        result = invoke(*args, "--workers", "0", "-v")
         assert result.exit_code == 0, result.output
         rows[where] = out.read_text().splitlines()
         assert ("detection on cpu" in result.output) == (where == "device")
     assert len(rows["workers"]) == len(rows["device"])
     assert [r.split(",")[:4] for r in rows["workers"]] == [r.split(",")[:4] for r in rows["device"]]
-    refused = runner.invoke(
-        app, ["predict", str(folder), "-o", str(tmp_path / "shards"), "--engine", "ray", "--detect-on", "device"]
-    )
+    refused = invoke("predict", folder, "-o", tmp_path / "shards", "--engine", "ray", "--detect-on", "device")
     assert refused.exit_code != 0 and "--detect-on device" in refused.output
 
 
@@ -250,16 +245,11 @@ def test_cuda_predict_gives_the_cpu_rows_with_either_detection():
 def test_cuda_predict_end_to_end_cli(tmp_path):
     import pandas as pd
 
-    runner = CliRunner()
     folder = _mixed_folder(tmp_path / "in")
     frames = {}
     for where in ("device", "workers"):
         out = tmp_path / f"{where}.csv"
-        result = runner.invoke(
-            app,
-            ["predict", str(folder), "-o", str(out), "--device", "cuda", "--detect-on", where, "-v"],
-            catch_exceptions=False,
-        )
+        result = invoke("predict", folder, "-o", out, "--device", "cuda", "--detect-on", where, "-v")
         assert result.exit_code == 0, result.output
         assert ("detection on cuda" in result.output) == (where == "device")
         frames[where] = pd.read_csv(out)

@@ -6,17 +6,15 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
 import fkpbatch
 from fkpbatch import zoo
-from fkpbatch.cli import app
+from fkpbatch.engine import Predictor
 from fkpbatch.errors import UsageError
 from fkpbatch.progress import LineProgress
 
-from conftest import REPO
+from conftest import REPO, invoke
 
-runner = CliRunner()
 SUMMARY = re.compile(r"^\d+ images, \d+ faces, \d+ without a face, \d+ errors, \d+ skipped .*; [\d.]+ images/s$")
 PROGRESS = re.compile(r"^predict: \d+/\d+ images \(\d+ %\), [\d.]+ images/s, elapsed [\d:]+, ETA [\d:?]+$")
 
@@ -40,8 +38,9 @@ def test_import_and_version_leave_torch_unimported():
 
 def test_public_names_load_on_first_use():
     assert set(fkpbatch.__all__) >= {"Predictor", "PredictOptions", "predict", "Model", "__version__"}
-    assert list(fkpbatch.Model) == list(zoo.SHIPPED_MODELS)  # the option's choices come from the one table
-    assert fkpbatch.Predictor.load is not None and fkpbatch.DEFAULT_MODEL == "fast"
+    # the option's choices come from the one table
+    assert [model.value for model in fkpbatch.Model] == list(zoo.SHIPPED_MODELS) == ["fast", "accurate"]
+    assert fkpbatch.Predictor is Predictor and fkpbatch.DEFAULT_MODEL == "fast"
     assert set(fkpbatch.__all__) <= set(dir(fkpbatch))
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         fkpbatch.nothing  # noqa: B018
@@ -60,15 +59,41 @@ def test_exactly_two_shipped_models_found_through_importlib_resources():
         zoo.resolve_weights(model="huge")
 
 
+def model_card() -> dict[str, dict[str, str]]:
+    """Each shipped model's figures as the model card (weights/README.md) states them, read from its
+    two tables: file, input size, model-alone speed, architecture, and the NME (bold) on faces15
+    (15 points) and on HELEN + LFPW (68 points)."""
+    rows = {}
+    for line in (REPO / "weights" / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            rows.setdefault(cells[0], cells[1:])
+    speed = next(cells for name, cells in rows.items() if name.startswith("speed, model alone"))
+    card = {}
+    for column, model in enumerate(("fast", "accurate")):
+        accuracy = next(cells for name, cells in rows.items() if name.startswith(f"**`{model}`"))
+        low, high = re.fullmatch(r"([\d,]+)–([\d,]+) faces/s", speed[column]).groups()
+        card[model] = {
+            "file": re.fullmatch(r"`weights/(\S+)`, [\d.]+ MB", rows["file"][column]).group(1),
+            "size": re.fullmatch(r"(\d+)x\1 grayscale, pixels / 255", rows["input"][column]).group(1),
+            "speed": f"{low}-{high}".replace(",", ""),
+            "architecture": re.match(r"`(\w+)`:", rows["architecture"][column]).group(1),
+            "nme15": re.match(r"\*\*([\d.]+) % /", accuracy[0]).group(1),
+            "nme68": re.match(r"\*\*([\d.]+) % /", accuracy[1]).group(1),
+        }
+    return card
+
+
 def test_models_lists_shipped_models_with_card_figures_and_architectures():
-    result = runner.invoke(app, ["models"])
+    result = invoke("models")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     fast = next(line for line in lines if line.strip().startswith("fast (default)"))
     accurate = next(line for line in lines if line.strip().startswith("accurate"))
-    for line, model in ((fast, zoo.SHIPPED_MODELS["fast"]), (accurate, zoo.SHIPPED_MODELS["accurate"])):
-        assert model.file in line and f"{model.input_size} px" in line and f"{model.faces_per_s} faces/s" in line
-        assert f"NME {model.nme_faces15:.2f} % / {model.nme68_300w:.2f} %" in line
+    card = model_card()
+    for line, figures in ((fast, card["fast"]), (accurate, card["accurate"])):
+        assert figures["file"] in line and f"{figures['size']} px" in line and f"{figures['speed']} faces/s" in line
+        assert f"NME {figures['nme15']} % / {figures['nme68']} %" in line and figures["architecture"] in line
     assert "fkpnet68.pt" in fast and "fkpnet68_128.pt" in accurate
     assert re.search(
         r"Architectures.*fkpnet, fkpnet_lite0, fkpnet_small, fkpnet_tiny, fkpnet_wide, seed", result.stdout
@@ -77,14 +102,14 @@ def test_models_lists_shipped_models_with_card_figures_and_architectures():
 
 def test_model_by_name_selects_the_shipped_file_and_excludes_weights(tiny_weights):
     image = REPO / "examples" / "Celso_Lafer_12.jpg"
-    result = runner.invoke(app, ["predict", str(image), "--model", "accurate", "--workers", "0", "-v"])
+    result = invoke("predict", image, "--model", "accurate", "--workers", "0", "-v")
     assert result.exit_code == 0, result.output
     assert "fkpnet68_128.pt (fkpnet_wide, 83 points, 128 px)" in result.stderr
-    both = runner.invoke(app, ["predict", str(image), "--model", "fast", "-w", str(tiny_weights)])
+    both = invoke("predict", image, "--model", "fast", "-w", tiny_weights)
     assert both.exit_code == 2 and "not both" in both.stderr
     commands = (["evaluate", str(image)], ["export", "--onnx", "x.onnx"], ["submission", "t.csv", "--lookup", "l.csv"])
     for command in commands:
-        result = runner.invoke(app, [*command, "--model", "nope"])
+        result = invoke(*command, "--model", "nope")
         assert result.exit_code == 2 and "'nope'" in result.stderr, command  # Typer checks the choice
 
 
@@ -125,15 +150,15 @@ def test_predict_in_a_log_writes_progress_lines_and_a_one_line_summary(tmp_path)
     for image in sorted((REPO / "examples").iterdir())[:3]:
         (folder / image.name).write_bytes(image.read_bytes())
     args = ["predict", str(folder), "-o", str(tmp_path / "out.csv"), "--workers", "0", "-b", "1", "--detect", "never"]
-    result = runner.invoke(app, args)
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
     assert [line for line in lines if PROGRESS.match(line)][-1].startswith("predict: 3/3 images (100 %)")
     assert SUMMARY.match(lines[-1]) and len(lines[-1]) > 80  # longer than rich's default width: not folded
     assert all(PROGRESS.match(line) or SUMMARY.match(line) for line in lines), lines
-    quiet = runner.invoke(app, [*args, "--overwrite", "-q"])
+    quiet = invoke(*args, "--overwrite", "-q")
     assert quiet.exit_code == 0 and quiet.stderr == ""
-    verbose = runner.invoke(app, [*args, "--overwrite", "-v"])
+    verbose = invoke(*args, "--overwrite", "-v")
     assert verbose.exit_code == 0 and verbose.stderr.startswith("model ")
     assert "--detect never" in verbose.stderr.splitlines()[0]
 

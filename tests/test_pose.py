@@ -1,19 +1,26 @@
-"""Head pose (fkpbatch.pose): exact recovery of synthetic poses, the sign conventions, and the
-mirror and in-plane rotation consistency on labelled real faces (68 and 15 points)."""
+"""Head pose (fkpbatch.pose): exact recovery of synthetic poses, the sign conventions, the mirror
+and in-plane rotation consistency on labelled real faces (68 and 15 points), and --pose through
+the CLI (columns, the JSON pose object, consistency on real photos)."""
 
 from __future__ import annotations
 
+import io
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
+from fkpbatch.decode import load_image
 from fkpbatch.keypoints import IBUG_POINTS, KAGGLE_POINTS, coordinate_columns, flip_permutation
 from fkpbatch.pose import MODEL_POINTS, HeadPose, head_pose, model_points
 
-from conftest import need_data
+from conftest import REPO, invoke, need_data
+
+EXAMPLES = REPO / "examples"
 
 SIZE = (640, 480)
 
@@ -164,3 +171,55 @@ def test_real_faces_get_plausible_poses_with_68_or_15_points():
     assert np.median(np.abs(full), axis=0).max() < 15
     difference = np.median(np.abs(full - few), axis=0)
     assert difference[0] < 3 and difference[2] < 2 and difference[1] < 8, difference
+
+
+def test_pose_columns_follow_the_keypoints_and_json_carries_a_pose_object(tmp_path):
+    predict = ["predict", EXAMPLES, "--workers", "0", "-q"]
+    result = invoke(*predict, "-o", tmp_path / "k.csv", "--pose", "--points", "68")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "k.csv")
+    assert list(table.columns[-4:]) == ["p67_y", "yaw", "pitch", "roll"]
+    assert table[["yaw", "pitch", "roll"]].abs().max().max() < 60
+    result = invoke(*predict, "-o", tmp_path / "k.json", "--pose")
+    assert result.exit_code == 0, result.output
+    images = json.loads((tmp_path / "k.json").read_text())
+    pose = images[0]["faces"][0]["pose"]
+    assert set(pose) == {"yaw", "pitch", "roll"} and all(isinstance(v, float) for v in pose.values())
+    result = invoke(*predict)
+    assert result.exit_code == 0, result.output
+    assert "yaw" not in pd.read_csv(io.StringIO(result.stdout)).columns  # not asked for: no columns
+
+
+def test_pose_is_mirror_and_rotation_consistent_on_real_faces(tmp_path):
+    """A mirrored photo: opposite yaw and roll, the same pitch; turned 15 degrees in-plane: roll
+    changes by 15 (within 4 degrees), one face per picture (the largest)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sources = [need_data("photos", "img10.jpg"), EXAMPLES / "Celso_Lafer_12.jpg", EXAMPLES / "couple.jpg"]
+    for index, source in enumerate(sources):
+        image = load_image(source)
+        image.save(folder / f"{index}_a.png")
+        ImageOps.mirror(image).save(folder / f"{index}_b_mirror.png")
+        image.rotate(15, resample=Image.Resampling.BICUBIC, expand=True).save(folder / f"{index}_c_turned.png")
+    result = invoke(
+        "predict",
+        folder,
+        "-o",
+        tmp_path / "k.csv",
+        "--pose",
+        "--faces",
+        "largest",
+        "--points",
+        "68",
+        "--workers",
+        "0",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "k.csv")
+    table.index = [Path(name).name for name in table["image"]]
+    for index in range(len(sources)):
+        base, mirror, turned = (table.loc[f"{index}_{kind}.png"] for kind in ("a", "b_mirror", "c_turned"))
+        assert abs(base.yaw + mirror.yaw) < 4 and abs(base.roll + mirror.roll) < 4, (base, mirror)
+        assert abs(base.pitch - mirror.pitch) < 4
+        assert abs(abs(turned.roll - base.roll) - 15) < 4, (base.roll, turned.roll)

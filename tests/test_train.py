@@ -1,25 +1,25 @@
-"""Training as the Kaggle notebook did it, on a small Kaggle-format CSV built from faces15."""
+"""Training, evaluation and the Kaggle submission (fkpbatch.train, datasets, metrics): the notebook's
+recipe on a small Kaggle-format CSV built from faces15, folder CSVs, resumed runs, and every bad
+input or environment failure one line, never a run or an input written over."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from fkpbatch.augment import hflip_with_swap
-from fkpbatch.cli import app
 from fkpbatch.datasets import FaceDataset, FaceTable, load_kaggle_csv
 from fkpbatch.errors import DataError
 from fkpbatch.keypoints import KAGGLE_POINTS, coordinate_columns, flip_permutation
 from fkpbatch.train import masked_loss
 from fkpbatch.transforms import FRAMING_POINTS, Framing, box_from_points, crop_face, to_unit
 
-from conftest import need_data
+from conftest import invoke, need_data, one_line_error, random_kaggle_csv
 
-runner = CliRunner()
 COLUMNS = coordinate_columns(KAGGLE_POINTS)
 
 
@@ -55,9 +55,7 @@ def kaggle_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(kaggle_csv, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "seed"
-    result = runner.invoke(
-        app, ["train", str(kaggle_csv), "--epochs", "3", "-b", "16", "--workers", "0", "-o", str(run), "--quiet"]
-    )
+    result = invoke("train", kaggle_csv, "--epochs", "3", "-b", "16", "--workers", "0", "-o", run, "--quiet")
     assert result.exit_code == 0, result.output
     return run
 
@@ -85,7 +83,7 @@ def test_resume_continues_the_epoch_count(trained_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "4", "--workers", "0", "--quiet"])
+    result = invoke("train", "--resume", run, "--epochs", "4", "--workers", "0", "--quiet")
     assert result.exit_code == 0, result.output
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
@@ -96,7 +94,7 @@ def test_resume_refuses_options_it_would_ignore(trained_run, kaggle_csv):
     """A resumed run keeps its saved configuration: options that would change it are refused, not ignored."""
     before = (trained_run / "last.pt").read_bytes()
     for extra in (["--lr", "1e-4"], ["--batch-size", "8"], [str(kaggle_csv)], ["--arch", "fkpnet"]):
-        result = runner.invoke(app, ["train", "--resume", str(trained_run), "--epochs", "5", *extra])
+        result = invoke("train", "--resume", trained_run, "--epochs", "5", *extra)
         assert result.exit_code == 2, result.output
         assert (
             "saved configuration" in result.stderr
@@ -108,55 +106,49 @@ def test_resume_refuses_options_it_would_ignore(trained_run, kaggle_csv):
 def test_init_fine_tunes_from_given_weights_and_refuses_a_foreign_model(trained_run, kaggle_csv, tmp_path):
     source = trained_run / "best.pt"
     run = tmp_path / "tuned"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(kaggle_csv),
-            "--init",
-            str(source),
-            "--lr",
-            "0",
-            "--epochs",
-            "1",
-            "-b",
-            "16",
-            "--workers",
-            "0",
-            "-o",
-            str(run),
-            "--quiet",
-        ],
+    result = invoke(
+        "train",
+        kaggle_csv,
+        "--init",
+        source,
+        "--lr",
+        "0",
+        "--epochs",
+        "1",
+        "-b",
+        "16",
+        "--workers",
+        "0",
+        "-o",
+        run,
+        "--quiet",
     )
     assert result.exit_code == 0, result.output
     before = torch.load(source, weights_only=True)["model"]
     after = torch.load(run / "last.pt", weights_only=True)["model"]
     learned = [k for k in before if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert learned and all(torch.equal(before[k], after[k]) for k in learned)  # lr 0: the weights are the given ones
-    foreign = runner.invoke(
-        app,
-        [
-            "train",
-            str(kaggle_csv),
-            "--init",
-            str(source),
-            "--arch",
-            "fkpnet_tiny",
-            "--epochs",
-            "1",
-            "--workers",
-            "0",
-            "-o",
-            str(tmp_path / "other"),
-            "--quiet",
-        ],
+    foreign = invoke(
+        "train",
+        kaggle_csv,
+        "--init",
+        source,
+        "--arch",
+        "fkpnet_tiny",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "-o",
+        tmp_path / "other",
+        "--quiet",
     )
     assert foreign.exit_code == 2 and str(source) in foreign.stderr and "seed model with 15 points" in foreign.stderr
 
 
 def test_trained_weights_drive_predict_evaluate_and_submission(trained_run, kaggle_csv, tmp_path):
     best = trained_run / "best.pt"
-    result = runner.invoke(app, ["evaluate", str(kaggle_csv), "-w", str(best), "--json", str(tmp_path / "e.json")])
+    result = invoke("evaluate", kaggle_csv, "-w", best, "--json", tmp_path / "e.json")
     assert result.exit_code == 0, result.output
     assert "RMSE" in result.stdout and "NME" in result.stdout
     report = json.loads((tmp_path / "e.json").read_text())
@@ -173,7 +165,7 @@ def test_trained_weights_drive_predict_evaluate_and_submission(trained_run, kagg
         }
     ).to_csv(lookup, index=False)
     out = tmp_path / "submission.csv"
-    result = runner.invoke(app, ["submission", str(test_csv), "--lookup", str(lookup), "-w", str(best), "-o", str(out)])
+    result = invoke("submission", test_csv, "--lookup", lookup, "-w", best, "-o", out)
     assert result.exit_code == 0, result.output
     submission = pd.read_csv(out)
     assert list(submission.columns) == ["RowId", "Location"] and submission["RowId"].tolist() == [1, 2, 3]
@@ -187,7 +179,7 @@ def test_wrong_pixel_count_names_file_and_line(tmp_path, kaggle_csv):
     frame.to_csv(bad, index=False)
     with pytest.raises(DataError, match=r"bad.csv, line 3: Image has 3 pixel values, expected 9216"):
         load_kaggle_csv(bad)
-    result = runner.invoke(app, ["train", str(bad), "--epochs", "1"])
+    result = invoke("train", bad, "--epochs", "1")
     assert result.exit_code == 2 and "line 3" in result.stderr
 
 
@@ -248,41 +240,34 @@ def test_folder_csv_training_feeds_predict_with_68_points(tmp_path):
     labels.loc[len(labels)] = ["missing_00.jpg"] + [1.0] * (labels.shape[1] - 1)  # a row whose photo is gone
     labels.to_csv(folder / "keypoints.csv", index=False)
     run = tmp_path / "run"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(folder / "keypoints.csv"),
-            "--arch",
-            "fkpnet_tiny",
-            "--points",
-            "68",
-            "--epochs",
-            "1",
-            "--workers",
-            "0",
-            "--val-split",
-            "0.25",
-            "--label-offset",
-            "1,1",
-            "-o",
-            str(run),
-        ],
+    result = invoke(
+        "train",
+        folder / "keypoints.csv",
+        "--arch",
+        "fkpnet_tiny",
+        "--points",
+        "68",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--val-split",
+        "0.25",
+        "--label-offset",
+        "1,1",
+        "-o",
+        run,
     )
     assert result.exit_code == 0, result.output
     assert "1 image(s) missing or unreadable, e.g. line 14: missing_00.jpg" in result.stderr
     config = json.loads((run / "config.json").read_text())
     assert config["loss"] == "l1" and config["label_offsets"] == [[1.0, 1.0]]  # folder data: the fkpnet recipe
-    resumed = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--workers", "0", "--quiet"])
+    resumed = invoke("train", "--resume", run, "--epochs", "2", "--workers", "0", "--quiet")
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((run / "config.json").read_text())["label_offsets"] == [[1.0, 1.0]]
-    result = runner.invoke(
-        app, ["predict", str(folder / "images"), "-w", str(run / "best.pt"), "--points", "68", "--workers", "0", "-q"]
-    )
+    result = invoke("predict", folder / "images", "-w", run / "best.pt", "--points", "68", "--workers", "0", "-q")
     assert result.exit_code == 0 and "p67_y" in result.stdout.splitlines()[0]
-    strict = runner.invoke(
-        app, ["train", str(folder / "keypoints.csv"), "--strict", "--epochs", "1", "-o", str(tmp_path / "r2")]
-    )
+    strict = invoke("train", folder / "keypoints.csv", "--strict", "--epochs", "1", "-o", tmp_path / "r2")
     assert strict.exit_code == 2 and "missing_00.jpg" in strict.stderr
 
 
@@ -305,13 +290,13 @@ def test_rows_without_usable_framing_points_are_skipped_and_counted_by_train_and
     warning = "3 row(s) skipped: framing points missing or not finite, e.g. line 3 (f1.png: nose_tip_x empty)"
     run = tmp_path / "run"
     train = ["train", str(folder / "keypoints.csv"), "--arch", "fkpnet_tiny", "--epochs", "1", "--workers", "0"]
-    result = runner.invoke(app, [*train, "--val-split", "0.25", "-o", str(run)])
+    result = invoke(*train, "--val-split", "0.25", "-o", run)
     assert result.exit_code == 0, result.output
     assert warning in result.stderr and "Traceback" not in result.output
-    evaluated = runner.invoke(app, ["evaluate", str(folder / "keypoints.csv"), "-w", str(run / "best.pt")])
+    evaluated = invoke("evaluate", folder / "keypoints.csv", "-w", run / "best.pt")
     assert evaluated.exit_code == 0, evaluated.output
     assert warning in evaluated.stderr and warning not in evaluated.stdout  # the same rows, said on stderr
-    strict = runner.invoke(app, [*train, "--strict", "-o", str(tmp_path / "r2")])
+    strict = invoke(*train, "--strict", "-o", tmp_path / "r2")
     assert strict.exit_code == 2 and warning in strict.stderr
 
 
@@ -334,47 +319,29 @@ def test_label_offset_survives_a_flip():
 
 
 def test_label_offset_is_given_once_per_csv(kaggle_csv, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(kaggle_csv),
-            str(kaggle_csv),
-            "--label-offset",
-            "1,1",
-            "--epochs",
-            "1",
-            "-o",
-            str(tmp_path / "r"),
-        ],
-    )
+    result = invoke("train", kaggle_csv, kaggle_csv, "--label-offset", "1,1", "--epochs", "1", "-o", tmp_path / "r")
     assert result.exit_code == 2 and "once per training CSV (2)" in result.stderr
-    result = runner.invoke(
-        app, ["train", str(kaggle_csv), "--label-offset", "1;1", "--epochs", "1", "-o", str(tmp_path / "r")]
-    )
+    result = invoke("train", kaggle_csv, "--label-offset", "1;1", "--epochs", "1", "-o", tmp_path / "r")
     assert result.exit_code == 2 and "DX,DY" in result.stderr
 
 
 def test_a_diverging_loss_stops_with_the_epoch_and_batch(kaggle_csv, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(kaggle_csv),
-            "--arch",
-            "fkpnet_tiny",
-            "--lr",
-            "1e30",
-            "--epochs",
-            "2",
-            "-b",
-            "8",
-            "--workers",
-            "0",
-            "-o",
-            str(tmp_path / "run"),
-            "--quiet",
-        ],
+    result = invoke(
+        "train",
+        kaggle_csv,
+        "--arch",
+        "fkpnet_tiny",
+        "--lr",
+        "1e30",
+        "--epochs",
+        "2",
+        "-b",
+        "8",
+        "--workers",
+        "0",
+        "-o",
+        tmp_path / "run",
+        "--quiet",
     )
     assert result.exit_code == 1
     assert "loss became" in result.stderr and "at epoch 1, batch" in result.stderr and "Traceback" not in result.output
@@ -409,23 +376,20 @@ def test_a_run_folder_is_self_contained_and_its_log_is_plain_lines(kaggle_csv, t
     work.mkdir()
     shutil.copy(kaggle_csv, work / "training.csv")
     monkeypatch.chdir(work)
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "training.csv",
-            "--arch",
-            "fkpnet_tiny",
-            "--epochs",
-            "2",
-            "-b",
-            "16",
-            "--workers",
-            "0",
-            "-o",
-            "run",
-            "-v",
-        ],
+    result = invoke(
+        "train",
+        "training.csv",
+        "--arch",
+        "fkpnet_tiny",
+        "--epochs",
+        "2",
+        "-b",
+        "16",
+        "--workers",
+        "0",
+        "-o",
+        "run",
+        "-v",
     )
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
@@ -446,7 +410,7 @@ def test_a_run_folder_is_self_contained_and_its_log_is_plain_lines(kaggle_csv, t
     assert Image.open(run / "loss.png").size[0] > 600
     assert ("val_nme", 2) in scalars and ("lr", 1) in scalars and scalars[-1] == ("closed", None)
     monkeypatch.chdir(tmp_path)  # another folder: the run still finds its data
-    resumed = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "3", "--workers", "0", "-q"])
+    resumed = invoke("train", "--resume", run, "--epochs", "3", "--workers", "0", "-q")
     assert resumed.exit_code == 0 and resumed.stderr == "", resumed.output
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
 
@@ -491,3 +455,120 @@ def test_init_implies_the_models_architecture_points_and_size_unless_given(model
     assert (implied.arch, implied.points, implied.input_size) == (arch, "68", size)
     given = build_config(("a.csv",), init=model, input_size=160, points="15")
     assert (given.arch, given.points, given.input_size) == (arch, "15", 160)
+
+
+TRAIN = [
+    "--arch",
+    "fkpnet_tiny",
+    "--input-size",
+    "32",
+    "--epochs",
+    "1",
+    "-b",
+    "4",
+    "--workers",
+    "0",
+    "--quiet",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A one-epoch fkpnet_tiny run on random data: its CSV and its run folder."""
+    folder = tmp_path_factory.mktemp("run")
+    data = random_kaggle_csv(folder / "training.csv")
+    run = folder / "run"
+    result = invoke("train", data, *TRAIN, "-o", run)
+    assert result.exit_code == 0, result.output
+    return data, run
+
+
+def test_training_never_writes_over_a_run_or_through_a_link(tiny_run, tmp_path):
+    data, _ = tiny_run
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("precious")
+    one_line_error(invoke("train", data, *TRAIN, "-o", run))
+    assert (run / "config.json").read_text() == "precious"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("victim")
+    (run / "metrics.jsonl").symlink_to(victim)
+    result = invoke("train", data, *TRAIN, "-o", run, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "victim"  # the link was replaced, not written through
+    assert not (run / "metrics.jsonl").is_symlink() and json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert json.loads((run / "config.json").read_text())["arch"] == "fkpnet_tiny"
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_temporary_file(tiny_run, tmp_path, monkeypatch):
+    data, _ = tiny_run
+
+    def full_disk(*_args, **_kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    run = tmp_path / "run"
+    line = one_line_error(invoke("train", data, *TRAIN, "-o", run))
+    assert "cannot write" in line and not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_damaged_metrics_on_resume_is_one_line(tiny_run, tmp_path):
+    _, source = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    for damage in ('{"epoch": 1, "train_loss": 0.1', "[1, 2]\n", "\x00\x01\n"):
+        (run / "metrics.jsonl").write_text(damage)
+        line = one_line_error(
+            invoke("train", "--resume", run, "--epochs", "2", "--workers", "0", "--quiet", "--device", "cpu")
+        )
+        assert "metrics.jsonl" in line
+
+
+def test_empty_csvs_are_one_line(tmp_path, tiny_weights):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(",".join(coordinate_columns(KAGGLE_POINTS) + ["Image"]) + "\n")
+    for data in (empty, header_only):
+        one_line_error(invoke("train", data, *TRAIN, "-o", tmp_path / "run"))
+        one_line_error(invoke("evaluate", data, "-w", tiny_weights))
+
+
+def test_training_on_labels_that_are_all_missing_is_refused(tmp_path):
+    data = random_kaggle_csv(tmp_path / "unlabelled.csv", labelled=False)
+    line = one_line_error(invoke("train", data, *TRAIN, "-o", tmp_path / "run"))
+    assert "label" in line and not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_evaluate_json_and_submission_never_replace_inputs_or_existing_files(tmp_path, tiny_weights):
+    data = random_kaggle_csv(tmp_path / "training.csv", rows=4)
+    original = data.read_bytes()
+    report = tmp_path / "report.json"
+    report.write_text("old")
+    one_line_error(invoke("evaluate", data, "-w", tiny_weights, "--json", report))
+    assert report.read_text() == "old"
+    result = invoke("evaluate", data, "-w", tiny_weights, "--json", data, "--overwrite")
+    assert result.exit_code == 2 and data.read_bytes() == original
+    result = invoke("evaluate", data, "-w", tiny_weights, "--json", report, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "rmse" in json.loads(report.read_text())
+
+    test = tmp_path / "test.csv"
+    pd.read_csv(data).assign(ImageId=range(1, 5))[["ImageId", "Image"]].to_csv(test, index=False)
+    lookup = tmp_path / "lookup.csv"
+    pd.DataFrame({"RowId": [1], "ImageId": [1], "FeatureName": ["nose_tip_x"]}).to_csv(lookup, index=False)
+    saved = lookup.read_bytes()
+    submission = ["submission", test, "--lookup", lookup, "-w", tiny_weights, "-o"]
+    for target in (test, lookup):
+        result = invoke(*submission, target, "--overwrite")
+        assert result.exit_code == 2 and "input" in result.output
+    assert lookup.read_bytes() == saved
+    out = tmp_path / "submission.csv"
+    out.write_text("old")
+    assert invoke(*submission, out).exit_code == 2
+    assert out.read_text() == "old"
+    result = invoke(*submission, out, "--overwrite")
+    assert result.exit_code == 0 and out.read_text().startswith("RowId,Location")
