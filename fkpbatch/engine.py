@@ -25,7 +25,7 @@ from .options import UNSURE_SIZE, Model, PredictOptions, Runtime
 from .pose import head_pose
 from .results import CropRecord, FaceResult, ImageResult
 from .transforms import from_unit
-from .zoo import resolve_weights
+from .zoo import resolve_weights, shipped_graph
 
 
 def is_unsure(score: float | None, quality: float | None, options: PredictOptions) -> bool:
@@ -44,7 +44,14 @@ class Predictor:
     PyTorch on a GPU; ``torch`` or ``onnxruntime`` force one.
     """
 
-    def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: torch.device, runtime: str | Runtime = "auto"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        spec: ModelSpec,
+        device: torch.device,
+        runtime: str | Runtime = "auto",
+        graph: bytes | None = None,
+    ):
         runtime = Runtime.parse(runtime, "--runtime")
         if runtime == "onnxruntime" and device.type != "cpu":
             raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu")
@@ -55,7 +62,7 @@ class Predictor:
             from .export import OnnxKeypoints
 
             try:
-                self.onnx = OnnxKeypoints(model, spec)
+                self.onnx = OnnxKeypoints(model, spec, graph)
             except Exception as exc:  # noqa: BLE001 - e.g. an op the exporter lacks: PyTorch still runs it
                 if runtime == "onnxruntime":
                     raise UsageError(
@@ -78,8 +85,9 @@ class Predictor:
     ) -> Predictor:
         """Load ``weights`` (a checkpoint from ``fkpbatch train``) or the shipped ``model`` by name
         (``fast``, the default, or ``accurate``; see ``fkpbatch models``); not both."""
-        net, spec = load_model(resolve_weights(weights, None if model is None else Model.parse(model, "model")))
-        return cls(net, spec, resolve_device(str(device)), runtime)
+        path = resolve_weights(weights, None if model is None else Model.parse(model, "model"))
+        net, spec = load_model(path)
+        return cls(net, spec, resolve_device(str(device)), runtime, shipped_graph(path))
 
     @torch.inference_mode()
     def predict_crops(self, crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:

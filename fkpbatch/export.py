@@ -176,6 +176,17 @@ def session_options(threads: int | None = None):
 PROBE_TOLERANCE = 1e-3
 
 
+@torch.inference_mode()
+def _outputs(model: nn.Module, spec: ModelSpec, crops: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """What the graph must compute on ``crops``: the model's own outputs, in eval mode."""
+    was_training = model.training
+    try:
+        outputs = _UInt8Graph(model, spec.pixel_scale).eval()(crops)
+    finally:
+        model.train(was_training)
+    return tuple(t.float().cpu().numpy() for t in outputs)
+
+
 def probe_batch(spec: ModelSpec) -> torch.Tensor:
     """A fixed batch of uint8 crops (a gradient, noise, black) to compare two runtimes on."""
     size = spec.input_size
@@ -196,18 +207,24 @@ def check_graph(session, crops: torch.Tensor, expected: tuple[np.ndarray, ...]) 
 
 class OnnxKeypoints:
     """Runs an exported model with onnxruntime; same inputs and outputs as the torch path. The graph
-    is exported from ``model`` here, in memory, traced on :func:`probe_batch`, and must give the
-    model's own outputs on it (:func:`check_graph`); an export that fails or disagrees raises, and
-    the caller runs PyTorch instead."""
+    is ``graph`` (a shipped model's, exported with it: weights/*.onnx) or else exported from
+    ``model`` here, in memory, traced on :func:`probe_batch`; either way it must give the model's
+    own outputs on that batch (:func:`check_graph`). An export that fails or a graph that disagrees
+    raises, and the caller runs PyTorch instead."""
 
-    def __init__(self, model: nn.Module, spec: ModelSpec):
+    def __init__(self, model: nn.Module, spec: ModelSpec, graph: bytes | None = None):
         ort = onnxruntime_module()
         options = session_options(cpu_count())
         # Idle threads sleep instead of spinning: the DataLoader workers need those cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        buffer, probe = io.BytesIO(), probe_batch(spec)
-        expected = export_onnx(model, spec, buffer, example=probe)
-        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        probe = probe_batch(spec)
+        if graph is None:
+            buffer = io.BytesIO()
+            expected = export_onnx(model, spec, buffer, example=probe)
+            graph = buffer.getvalue()
+        else:
+            expected = _outputs(model, spec, probe)
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         check_graph(self.session, probe, expected)
 
     def __call__(self, crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:

@@ -81,6 +81,21 @@ def resolve_weights(weights: str | os.PathLike[str] | None = None, model: str | 
     return path
 
 
+def shipped_graph(weights: Path) -> bytes | None:
+    """The ONNX graph shipped beside a shipped model's weights (``fkpnet68.pt`` -> ``fkpnet68.onnx``,
+    written by ``fkpbatch export`` when the weights were made), or None for other weights: prediction
+    on the CPU then needs no export at start-up (the engine still checks the graph against the weights)."""
+    for model in SHIPPED_MODELS.values():
+        shipped = shipped_file(model.file)
+        try:
+            if shipped.is_file() and os.path.samefile(weights, shipped):
+                graph = shipped.with_suffix(".onnx")
+                return graph.read_bytes() if graph.is_file() else None
+        except OSError:
+            return None
+    return None
+
+
 def detector_path() -> Path:
     """The face detector's ONNX graph."""
     return shipped_file(DETECTOR_FILE)
