@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, interrupts
-from .config import TrainConfig
+from .config import TrainConfig, recipe_values
 from .errors import FkpError, PipeClosed
 from .options import (
     Augment,
@@ -434,12 +434,14 @@ def train(
     arch: Annotated[Optional[str], typer.Option(help="Architecture (see 'fkpbatch models').")] = None,
     points: Annotated[Optional[Points], typer.Option(help="Keypoints to learn (68 needs p0_x..p67_y columns).")] = None,
     epochs: Annotated[
-        Optional[int], typer.Option(min=1, help="Epochs (recipe: seed 100, fkpnet 60); with --resume, the new total.")
+        Optional[int],
+        typer.Option(min=1, help=f"Epochs (recipe: {recipe_values('epochs')}); with --resume, the new total."),
     ] = None,
     batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", "-b", min=1, help="Batch size (recipe: seed 64, fkpnet 32).")
+        Optional[int],
+        typer.Option("--batch-size", "-b", min=1, help=f"Batch size (recipe: {recipe_values('batch_size')})."),
     ] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (recipe: seed 1e-3, fkpnet 2e-3).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Adam learning rate (recipe: {recipe_values('lr')}).")] = None,
     val_split: Annotated[
         Optional[float],
         typer.Option(help=f"Fraction held out for validation (default {TrainConfig.val_split}).", min=0.0, max=0.9),
@@ -457,13 +459,16 @@ def train(
     vflip: Annotated[
         bool, typer.Option(help="Also flip vertically (teaches upside-down faces; off by default).")
     ] = False,
-    input_size: Annotated[Optional[int], typer.Option(help="Model input side in pixels (recipes: 96).")] = None,
+    input_size: Annotated[
+        Optional[int],
+        typer.Option(help=f"Model input side in pixels (recipe: {recipe_values('input_size')}; --init: its own)."),
+    ] = None,
     framing_scale: Annotated[
         Optional[float],
         typer.Option(
             min=0.5,
             max=4.0,
-            help="Crop side / (eye distance + eye-to-mouth distance) (recipes: seed 1.29, fkpnet 1.55; --init: its own).",
+            help=f"Crop side / (eye distance + eye-to-mouth distance) (recipe: {recipe_values('framing_scale')}; --init: its own).",
         ),
     ] = None,
     framing_shift: Annotated[
@@ -471,7 +476,7 @@ def train(
         typer.Option(
             min=-1.0,
             max=2.0,
-            help="Crop centre from the eyes towards the mouth, as a fraction of that distance (recipes: seed 0.27, fkpnet 0.4).",
+            help=f"Crop centre from the eyes towards the mouth, as a fraction of that distance (recipe: {recipe_values('framing_shift')}).",
         ),
     ] = None,
     images: Annotated[

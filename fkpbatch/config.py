@@ -60,3 +60,44 @@ def parse_label_offset(value) -> tuple[float, float]:
     except ValueError:
         raise UsageError(f"--label-offset takes DX,DY in pixels, e.g. 1,1; not {value!r}") from None
     return dx, dy
+
+
+RECIPES = {
+    # The Kaggle notebook: seed network, MSE, Adam 1e-3, 100 epochs, batch 64, flip + brightness.
+    "seed": dict(
+        arch="seed",
+        points="15",
+        input_size=96,
+        epochs=100,
+        batch_size=64,
+        lr=1e-3,
+        loss="mse",
+        schedule="constant",
+        augment="seed",
+        framing_scale=1.29,
+        framing_shift=0.27,
+    ),
+    # The shipped models' recipe (their architectures: fkpnet_small, fkpnet_wide): heatmap network,
+    # L1, cosine schedule, strong augmentation, a looser frame so that the jaw line (68 points) fits.
+    "fkpnet": dict(
+        arch="fkpnet",
+        points="15",
+        input_size=96,
+        epochs=60,
+        batch_size=32,
+        lr=2e-3,
+        loss="l1",
+        schedule="cosine",
+        augment="strong",
+        framing_scale=1.55,
+        framing_shift=0.4,
+    ),
+}
+
+
+def recipe_values(key: str) -> str:
+    """What each recipe sets ``key`` to, for help texts: ``'seed 64, fkpnet 32'``."""
+    return ", ".join(
+        f"{name} {values[key]:g}" if isinstance(values[key], float) else f"{name} {values[key]}"
+        for name, values in RECIPES.items()
+    )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
+from .fileio import kind_of
 
 # Extensions that claim to be an image: such a file that does not decode is an error row; any other
 # file that does not decode is skipped and counted (a README or CSV beside the photos).
@@ -76,20 +77,14 @@ def real_name(name: str) -> str:
     return _ESCAPE.sub(byte, name)
 
 
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def _special(path: Path, name: str, relative: str, skip: bool, mode: int) -> InputFile:
-    return InputFile(path, name, skip, relative, skip_reason=f"not a regular file ({_kind(mode)}); not opened")
+    return InputFile(
+        path,
+        name,
+        skip,
+        relative,
+        skip_reason=f"not a regular file ({kind_of(mode) or 'not a regular file'}); not opened",
+    )
 
 
 def _walk(root: Path, recursive: bool, found: Discovery) -> None:

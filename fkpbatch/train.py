@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .augment import TrainAugment
 from .checkpoint import ModelSpec, load_checkpoint, load_model, save_checkpoint
-from .config import TrainConfig
+from .config import RECIPES, TrainConfig
 from .datasets import FaceDataset, is_kaggle_csv, load_folder_csv, load_kaggle_csv, split_by_group
 from .devices import autocast, resolve_device, to_model_input
 from .errors import DataError, FkpError, TrainingDiverged, UsageError
@@ -303,39 +303,6 @@ def _read_history(path: Path, epochs: int) -> list[dict]:
             )
         history.append(record)
     return history
-
-
-RECIPES = {
-    # The Kaggle notebook: seed network, MSE, Adam 1e-3, 100 epochs, batch 64, flip + brightness.
-    "seed": dict(
-        arch="seed",
-        points="15",
-        input_size=96,
-        epochs=100,
-        batch_size=64,
-        lr=1e-3,
-        loss="mse",
-        schedule="constant",
-        augment="seed",
-        framing_scale=1.29,
-        framing_shift=0.27,
-    ),
-    # The shipped models' recipe (their architectures: fkpnet_small, fkpnet_wide): heatmap network,
-    # L1, cosine schedule, strong augmentation, a looser frame so that the jaw line (68 points) fits.
-    "fkpnet": dict(
-        arch="fkpnet",
-        points="15",
-        input_size=96,
-        epochs=60,
-        batch_size=32,
-        lr=2e-3,
-        loss="l1",
-        schedule="cosine",
-        augment="strong",
-        framing_scale=1.55,
-        framing_shift=0.4,
-    ),
-}
 
 
 def _init_settings(init: str) -> dict:

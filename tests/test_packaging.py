@@ -74,7 +74,7 @@ def model_card() -> dict[str, dict[str, str]]:
         accuracy = next(cells for name, cells in rows.items() if name.startswith(f"**`{model}`"))
         low, high = re.fullmatch(r"([\d,]+)–([\d,]+) faces/s", speed[column]).groups()
         card[model] = {
-            "file": re.fullmatch(r"`weights/(\S+)`, [\d.]+ MB", rows["file"][column]).group(1),
+            "file": re.match(r"`weights/(\S+)`, [\d.]+ MB", rows["file"][column]).group(1),
             "size": re.fullmatch(r"(\d+)x\1 grayscale, pixels / 255", rows["input"][column]).group(1),
             "speed": f"{low}-{high}".replace(",", ""),
             "architecture": re.match(r"`(\w+)`:", rows["architecture"][column]).group(1),
