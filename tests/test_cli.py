@@ -66,6 +66,7 @@ def test_points_68_needs_weights_that_have_them(mixed_folder, tiny_weights):
     assert result.exit_code == 2 and "predict the 15 Kaggle points only" in result.stderr
 
 
+@pytest.mark.slow
 def test_environment_errors_are_one_line(tmp_path, tiny_weights):
     folder = grey_pngs(tmp_path / "in", 1)
     base = ["-w", tiny_weights, "--workers", "0", "--detect", "never"]
@@ -212,6 +213,7 @@ def test_models_into_a_closed_pipe_is_quiet_too():
     assert process.returncode == 141 and stderr == b""
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_is_one_error_line(tmp_path, tiny_weights):
     folder = gradient_pngs(tmp_path / "in", 2)
     closed = fkpbatch_process(

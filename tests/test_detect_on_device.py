@@ -88,6 +88,7 @@ def test_device_detection_gives_the_workers_rows_on_the_examples(predictor, tmp_
     assert_same_rows(a, b)
 
 
+@pytest.mark.slow
 def test_workers_started_by_forkserver_give_the_same_rows(predictor, tmp_path, monkeypatch):
     """On CUDA the workers start from a forkserver: both sources and their batches must pickle."""
     from fkpbatch import cropping

@@ -1,7 +1,8 @@
-"""The ONNX graph (fkpbatch.export): onnxruntime and PyTorch agree, ``fkpbatch export`` writes a
-graph onnxruntime runs and never over an existing file, an input or through a link, no file can
-plant a graph, a model that cannot be exported falls back to PyTorch quietly, and exporting leaves
-the process's file descriptors and the exporter's log as they were."""
+"""The ONNX graph (fkpbatch.export): onnxruntime and PyTorch agree, the shipped models run their
+shipped graphs without an export, ``fkpbatch export`` writes a graph onnxruntime runs and never
+over an existing file, an input or through a link, no file can plant a graph, a model that cannot
+be exported falls back to PyTorch quietly, and exporting leaves the process's file descriptors and
+the exporter's log as they were."""
 
 import io
 import os
@@ -17,6 +18,7 @@ from fkpbatch.engine import Predictor
 from fkpbatch.errors import UsageError
 from fkpbatch.keypoints import KAGGLE_POINTS
 from fkpbatch.transforms import Framing
+from fkpbatch.zoo import model_path, shipped_graph
 
 from conftest import REPO, fkpbatch_process, grey_pngs, invoke, one_line_error
 
@@ -45,6 +47,23 @@ def test_export_writes_a_model_onnxruntime_runs(tiny_weights, tmp_path):
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     keypoints, quality = session.run(None, {"images": torch.zeros(3, 1, 48, 48, dtype=torch.uint8).numpy()})
     assert keypoints.shape == (3, 15, 2) and quality.shape == (3,)
+
+
+def test_shipped_models_run_their_shipped_graph_without_an_export(monkeypatch):
+    """weights/*.onnx ship beside the shipped weights: no export at start-up, and a graph that does
+    not compute the weights' outputs is never run (the engine falls back to PyTorch)."""
+
+    def no_export(*_args, **_kwargs):
+        raise AssertionError("exported at start-up")
+
+    monkeypatch.setattr(export, "export_onnx", no_export)
+    for name in ("fast", "accurate"):
+        assert Predictor.load(model=name, device="cpu").onnx is not None
+    net, spec = load_model(model_path("fast"))
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(0.05)  # other weights under the same shipped graph
+    assert Predictor(net, spec, torch.device("cpu"), "auto", shipped_graph(model_path("fast"))).onnx is None
 
 
 def test_export_refuses_existing_files_inputs_and_links(tmp_path, tiny_weights):

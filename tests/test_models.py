@@ -56,6 +56,7 @@ TRAIN_STEPS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list_models())
 def test_every_architecture_trains_channels_last_without_a_native_crash(arch):
     """In a subprocess, so a native crash (the strided 1x1 conv backward on AVX-512) fails the test
@@ -70,24 +71,3 @@ def test_every_architecture_trains_channels_last_without_a_native_crash(arch):
         timeout=300,
     )
     assert result.returncode == 0, f"{arch}: exit {result.returncode}\n{result.stderr[-2000:]}"
-
-
-def test_shipped_models_run_their_shipped_graph_without_an_export(monkeypatch):
-    """weights/*.onnx ship beside the shipped weights: no export at start-up, and a graph that does
-    not compute the weights' outputs is never run (the engine falls back to PyTorch)."""
-    from fkpbatch import export
-    from fkpbatch.checkpoint import load_model
-    from fkpbatch.engine import Predictor
-    from fkpbatch.zoo import model_path, shipped_graph
-
-    def no_export(*_args, **_kwargs):
-        raise AssertionError("exported at start-up")
-
-    monkeypatch.setattr(export, "export_onnx", no_export)
-    for name in ("fast", "accurate"):
-        assert Predictor.load(model=name, device="cpu").onnx is not None
-    net, spec = load_model(model_path("fast"))
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.add_(0.05)  # other weights under the same shipped graph
-    assert Predictor(net, spec, torch.device("cpu"), "auto", shipped_graph(model_path("fast"))).onnx is None

@@ -28,6 +28,7 @@ def _sorted(frame):
     return frame.sort_values(["image", "face"]).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_ray_run_equals_the_local_run(tmp_path, tiny_weights, local_ray):
     folder = tmp_path / "faces"
     folder.mkdir()

@@ -481,6 +481,7 @@ def test_a_lock_file_that_cannot_be_written_but_is_held_is_left_alone(tmp_path, 
         assert os.stat(lock_path(out)).st_mode & 0o200
 
 
+@pytest.mark.slow
 def test_a_fifo_at_the_sidecar_or_lock_name_is_one_error_line_never_a_hang(tmp_path, tiny_weights):
     folder = images(tmp_path / "in", 2)
     out = tmp_path / "out.csv"
@@ -507,6 +508,7 @@ def test_read_sidecar_never_opens_a_fifo(tmp_path):
         resume.read_sidecar(out)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_job_stops_cleanly_and_resume_completes(tmp_path, tiny_weights, many_pngs):
     out = tmp_path / "out.csv"
     command = ["predict", many_pngs, "-w", tiny_weights, "-o", out, "--detect", "never", "--batch-size", "2"]
@@ -536,6 +538,7 @@ def _json_written(folder) -> int:
     return max(sizes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_or_sighup_on_json_writes_a_valid_array_that_resume_completes(
     tmp_path, tiny_weights, many_pngs, stop, code
@@ -559,6 +562,7 @@ def test_sigterm_or_sighup_on_json_writes_a_valid_array_that_resume_completes(
     assert sorted(images_out) == sorted(str(p) for p in many_pngs.iterdir()) and images_out[: len(done)] == done
 
 
+@pytest.mark.slow
 def test_ctrl_c_flushes_whole_rows_says_how_to_resume_and_exits_130(tmp_path, tiny_weights):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -594,6 +598,7 @@ def test_ctrl_c_flushes_whole_rows_says_how_to_resume_and_exits_130(tmp_path, ti
     assert out.read_bytes().endswith(b"\n") and len(rows) == len(set(rows)) < count
 
 
+@pytest.mark.slow
 def test_killed_twice_then_resumed_every_image_once(tmp_path, tiny_weights):
     folder = tmp_path / "many"
     folder.mkdir()
