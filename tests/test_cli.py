@@ -69,14 +69,22 @@ def test_points_68_needs_weights_that_have_them(mixed_folder, tiny_weights):
 @pytest.mark.slow
 def test_environment_errors_are_one_line(tmp_path, tiny_weights):
     folder = grey_pngs(tmp_path / "in", 1)
-    base = ["-w", tiny_weights, "--workers", "0", "--detect", "never"]
-    one_line_error(fkpbatch_process("predict", folder, *base, "-o", tmp_path / "missing" / "out.csv"))
-    if os.path.exists("/dev/full"):
-        one_line_error(fkpbatch_process("predict", folder, *base, "-o", "/dev/full", "--overwrite"))
-    one_line_error(fkpbatch_process("predict", "--from-list", "-", *base, preexec_fn=lambda: os.close(0)))
-    one_line_error(fkpbatch_process("export", "--onnx", tmp_path / "missing" / "m.onnx", "-w", tiny_weights))
     data = random_kaggle_csv(tmp_path / "training.csv", rows=2)
-    one_line_error(fkpbatch_process("evaluate", data, "-w", tiny_weights, "--json", tmp_path / "missing" / "e.json"))
+    base = ["-w", tiny_weights, "--workers", "0", "--detect", "never"]
+    runs = [
+        (["predict", folder, *base, "-o", tmp_path / "missing" / "out.csv"], {}),
+        (["predict", "--from-list", "-", *base], {"preexec_fn": lambda: os.close(0)}),  # no stdin at all
+        (["export", "--onnx", tmp_path / "missing" / "m.onnx", "-w", tiny_weights], {}),
+        (["evaluate", data, "-w", tiny_weights, "--json", tmp_path / "missing" / "e.json"], {}),
+    ]
+    if os.path.exists("/dev/full"):
+        runs.append((["predict", folder, *base, "-o", "/dev/full", "--overwrite"], {}))
+    # started together (each is mostly Python importing torch), then checked one by one
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    started = [fkpbatch_process(*args, start=True, **pipes, **options) for args, options in runs]
+    for process in started:
+        stdout, stderr = process.communicate(timeout=120)
+        one_line_error(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
 
 
 def test_summary_goes_to_stderr_and_counts_skipped_files(mixed_folder, tiny_weights):
