@@ -63,6 +63,13 @@ def soft_argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([mean_x, mean_y], -1), var.clamp_min(1e-12).sqrt()
 
 
+def heatmap_outputs(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A heatmap network's outputs from its (N, K, H, W) logits: keypoints and spread by soft-argmax,
+    and the per-face quality score the spread gives."""
+    coords, spread = soft_argmax(logits)
+    return {"keypoints": coords, "spread": spread, "quality": torch.exp(-spread.mean(1) / QUALITY_SPREAD)}
+
+
 class FkpNet(nn.Module):
     """Encoder at strides 2..16, a two-step top-down decoder to stride 4, one heatmap per point."""
 
@@ -90,9 +97,7 @@ class FkpNet(nn.Module):
         c3 = self.layer3(c2)
         p2 = self.smooth2(self.lateral2(c2) + F.interpolate(self.lateral3(c3), scale_factor=2.0))
         p1 = self.smooth1(self.lateral1(c1) + F.interpolate(self.reduce2(p2), scale_factor=2.0))
-        coords, spread = soft_argmax(self.heatmaps(p1))
-        quality = torch.exp(-spread.mean(1) / QUALITY_SPREAD)
-        return {"keypoints": coords, "spread": spread, "quality": quality}
+        return heatmap_outputs(self.heatmaps(p1))
 
 
 @register_model

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fkpnet import QUALITY_SPREAD, conv_bn_relu, soft_argmax
+from .fkpnet import conv_bn_relu, heatmap_outputs
 from .registry import register_model
 
 # EfficientNet-Lite0's 16 MBConv blocks: (expansion, kernel, stride, output channels).
@@ -107,9 +107,7 @@ class FkpNetLite(nn.Module):
         p16 = self.smooth16(self.lateral16(c16) + _upsample(self.lateral32(c32), c16))
         p8 = self.smooth8(self.lateral8(c8) + _upsample(p16, c8))
         p4 = self.smooth4(self.lateral4(c4) + _upsample(self.reduce8(p8), c4))
-        coords, spread = soft_argmax(self.heatmaps(p4))
-        quality = torch.exp(-spread.mean(1) / QUALITY_SPREAD)
-        return {"keypoints": coords, "spread": spread, "quality": quality}
+        return heatmap_outputs(self.heatmaps(p4))
 
 
 @register_model
